@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# ugate host entry point: set up the host environment, run tests, run the
+# local Realer cloud emulator. Run `./deploy.sh help` for the subcommands.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+VENV=".venv"
+REQUIREMENTS="requirements.txt"
+REQ_STAMP="$VENV/.requirements.sha256"
+APT_PACKAGES=(mosquitto mosquitto-clients socat)
+
+# On Debian the broker lives in /usr/sbin, which is not on a normal user's PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
+
+say() { printf '%s\n' "deploy: $*"; }
+die() { printf '%s\n' "deploy: error: $*" >&2; exit 1; }
+
+usage() {
+    cat <<'EOF'
+usage: ./deploy.sh <command> [args...]
+
+commands:
+  setup              install Debian packages (mosquitto, mosquitto-clients, socat) if missing
+                     and create/update the Python venv in .venv from requirements.txt
+  test [pytest args] run setup, then the host test suite: pytest host_tests [args]
+  cloud [args]       run setup, then the local Realer cloud emulator (python -m tools.realer);
+                     no args serves in the foreground; subcommands like desired, fault, status
+                     are passed through
+  sim                run setup, then (for now) start the local Realer cloud only
+  help               show this text
+EOF
+}
+
+# --- setup: system packages -------------------------------------------------
+
+have_dynsec_plugin() {
+    local f
+    for f in /usr/lib/*/mosquitto_dynamic_security.so /usr/lib/mosquitto_dynamic_security.so; do
+        [[ -e "$f" ]] && return 0
+    done
+    return 1
+}
+
+# Prints the names of the missing pieces, one per line (nothing when all present).
+missing_system_deps() {
+    command -v mosquitto >/dev/null 2>&1 || echo "mosquitto"
+    command -v mosquitto_ctrl >/dev/null 2>&1 || echo "mosquitto_ctrl"
+    command -v socat >/dev/null 2>&1 || echo "socat"
+    have_dynsec_plugin || echo "mosquitto_dynamic_security.so"
+}
+
+setup_system_packages() {
+    local missing
+    missing="$(missing_system_deps)"
+    if [[ -z "$missing" ]]; then
+        say "system packages: ok (${APT_PACKAGES[*]})"
+        return 0
+    fi
+    say "system packages: missing: ${missing//$'\n'/ }"
+    if [[ "$(id -u)" -ne 0 ]]; then
+        {
+            echo "deploy: not running as root, so cannot install them. Run:"
+            echo "    sudo apt-get install -y ${APT_PACKAGES[*]}"
+            echo "then run ./deploy.sh setup again."
+        } >&2
+        exit 1
+    fi
+    say "system packages: installing ${APT_PACKAGES[*]} (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}"
+    missing="$(missing_system_deps)"
+    [[ -z "$missing" ]] || die "still missing after apt-get install: ${missing//$'\n'/ }"
+}
+
+# --- setup: Python venv -----------------------------------------------------
+
+requirements_hash() {
+    sha256sum "$REQUIREMENTS" | cut -d' ' -f1
+}
+
+setup_venv() {
+    [[ -f "$REQUIREMENTS" ]] || die "$REQUIREMENTS not found"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        say "venv: creating $VENV"
+        python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    fi
+    local want
+    want="$(requirements_hash)"
+    if [[ -f "$REQ_STAMP" && "$(cat "$REQ_STAMP")" == "$want" ]]; then
+        say "venv: ok ($VENV matches $REQUIREMENTS)"
+        return 0
+    fi
+    say "venv: installing $REQUIREMENTS into $VENV (pip, this can take a minute)"
+    rm -f "$REQ_STAMP"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQUIREMENTS"
+    printf '%s\n' "$want" > "$REQ_STAMP"
+    say "venv: done"
+}
+
+cmd_setup() {
+    setup_system_packages
+    setup_venv
+}
+
+# --- other commands ---------------------------------------------------------
+
+cmd_test() {
+    cmd_setup
+    say "test: pytest host_tests $*"
+    local rc=0
+    "$VENV/bin/python" -m pytest host_tests "$@" || rc=$?
+    return "$rc"
+}
+
+cmd_cloud() {
+    cmd_setup
+    exec "$VENV/bin/python" -m tools.realer "$@"
+}
+
+cmd_sim() {
+    cmd_setup
+    echo "sim: the firmware is not written yet (issue 3); starting the local Realer cloud only"
+    exec "$VENV/bin/python" -m tools.realer serve
+}
+
+main() {
+    local cmd="${1:-help}"
+    [[ $# -gt 0 ]] && shift
+    case "$cmd" in
+        setup) cmd_setup ;;
+        test)  cmd_test "$@" ;;
+        cloud) cmd_cloud "$@" ;;
+        sim)   cmd_sim ;;
+        help|-h|--help) usage ;;
+        *)
+            echo "deploy: unknown command: $cmd" >&2
+            usage >&2
+            exit 2
+            ;;
+    esac
+}
+
+main "$@"

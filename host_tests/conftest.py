@@ -1,0 +1,36 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from realer_harness import RunningCloud  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _shared_cloud(tmp_path_factory):
+    cloud = RunningCloud(tmp_path_factory.mktemp("realer"))
+    yield cloud
+    cloud.stop()
+
+
+@pytest.fixture
+def cloud(_shared_cloud):
+    """The session's running cloud; fault knobs are cleared after each test."""
+    yield _shared_cloud
+    _shared_cloud.clear_faults()
+
+
+@pytest.fixture
+def own_cloud(tmp_path):
+    """A cloud of the test's own (for restarts, short lifetimes, signals)."""
+    started = []
+
+    def start(*extra):
+        c = RunningCloud(tmp_path / ("realer%d" % len(started)), *extra)
+        started.append(c)
+        return c
+    yield start
+    for c in started:
+        c.stop()
