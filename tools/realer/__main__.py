@@ -66,6 +66,10 @@ def main(argv=None):
     s.add_argument("--hard-ttl", type=int, help="session_hard_expires_in in seconds")
     s.add_argument("--token-ttl", type=int, help="OAuth access token lifetime in seconds")
     s.add_argument("--quiet", action="store_true", help="print only the banner")
+    s.add_argument("--server-name", action="append",
+                   help="issue the server certificate for this name only (hostname-mismatch tests)")
+    s.add_argument("--broker-url", help="advertise this broker_url in the catalog (e.g. mqtt://... for"
+                   " plain-TCP refusal tests); the broker itself stays TLS-only")
 
     d = sub.add_parser("desired", help="set a command route's desired value")
     d.add_argument("route", help="route id, or route name on --device")
@@ -100,7 +104,8 @@ def main(argv=None):
         lifetimes = {"credential_ttl": a.credential_ttl, "renew_after": a.renew_after,
                      "hard_ttl": a.hard_ttl, "token_ttl": a.token_ttl}
         try:
-            cloud = Cloud(a.state, a.http_port, a.mqtt_port, a.fleet, quiet=a.quiet, lifetimes=lifetimes)
+            cloud = Cloud(a.state, a.http_port, a.mqtt_port, a.fleet, quiet=a.quiet, lifetimes=lifetimes,
+                          server_names=a.server_name, broker_url=a.broker_url)
             asyncio.run(cloud.run())
         except (OSError, ValueError, RuntimeError) as exc:
             sys.exit("realer: %s" % exc)

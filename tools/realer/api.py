@@ -80,7 +80,8 @@ async def _form(request):
         if k in form:
             raise HTTPError(400, "invalid_request", "parameter %r given twice" % k)
         form[k] = v
-    return form
+    # RFC 6749 3.2: a parameter sent without a value is treated as omitted.
+    return {k: v for k, v in form.items() if v != ""}
 
 
 async def _json_body(request):
@@ -119,6 +120,7 @@ def _basic(request):
 def build(cloud):
     """The Starlette app for a running `cloud` (see server.Cloud)."""
     fleet, ledger = cloud.fleet, cloud.ledger
+    last_credential = {}  # device_id -> the last credential number handed out
 
     def authenticate_client(request, form):
         basic = _basic(request)
@@ -169,8 +171,9 @@ def build(cloud):
             return Response(os.urandom(64) + b"<html>not json", 200, headers,
                             media_type="application/json")
         if knob.get("huge"):
-            pad = "x" * max(0, knob["huge"] - 40)
-            return Response('{"code":2000,"padding":"%s"}' % pad, 200, headers,
+            shell = '{"code":2000,"padding":"%s"}'
+            pad = "x" * max(0, knob["huge"] - len(shell % ""))  # at least `huge` bytes
+            return Response(shell % pad, 200, headers,
                             media_type="application/json")
         if "status" in knob:
             return _json({"error": "server_error" if knob["status"] >= 500 else "injected_fault",
@@ -223,7 +226,7 @@ def build(cloud):
     async def catalog(request):
         _, _, device_id, _ = bearer(request, "iot:catalog:read")
         raw = request.path_params["device_id"]
-        if not raw.isdigit() or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise HTTPError(400, "invalid_request", "device_id must be an integer")
         if int(raw) != device_id:
             raise HTTPError(403, "access_denied", "this token is not for device %s" % raw)
@@ -232,7 +235,7 @@ def build(cloud):
         body = {
             "code": 2000,
             "mqtt": {
-                "broker_url": "mqtts://%s:%d" % (cloud.public_host, cloud.mqtt_port),
+                "broker_url": cloud.broker_url,
                 "protocol": "mqtt-3.1.1",
                 "protocols_supported": ["mqtt-3.1.1", "mqtt-5.0"],
                 "client_id": dev.mqtt_client_id,
@@ -283,7 +286,9 @@ def build(cloud):
         if missing:
             raise HTTPError(403, "insufficient_scope", "the token lacks %s" % " ".join(missing),
                             scope=" ".join(missing))
-        n = ledger.credential_count(device_id) + 1
+        # Reserve the number before the await below, so that concurrent requests get distinct names.
+        n = max(ledger.credential_count(device_id), last_credential.get(device_id, 0)) + 1
+        last_credential[device_id] = n
         username = "realer-%s-cred-v%d" % (dev.mqtt_client_id, n)
         password = secrets.token_urlsafe(24)
         try:
@@ -376,7 +381,10 @@ def build(cloud):
 
     @admin
     async def admin_broker_restart(request):
-        await run_in_threadpool(cloud.restart_broker)
+        # Not run_in_threadpool: mosquitto's PR_SET_PDEATHSIG follows the thread that
+        # started it, and anyio ends idle worker threads; the event loop's default
+        # executor keeps its threads until the emulator stops.
+        await asyncio.to_thread(cloud.restart_broker)
         return _json({"restarted": True})
 
     async def not_found(request, exc):

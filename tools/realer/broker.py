@@ -71,7 +71,10 @@ def _pdeathsig():
 class Broker:
     """mosquitto on 127.0.0.1:`port` with TLS; state in `folder`."""
 
-    def __init__(self, folder, port, pki, host="127.0.0.1"):
+    def __init__(self, folder, port, pki, host="127.0.0.1", check_hostname=True):
+        # The emulator's own clients check the chain always, and the name unless the
+        # server certificate was made for other names on purpose (mismatch tests).
+        self.check_hostname = check_hostname
         self.folder = folder
         self.port = port
         self.host = host
@@ -200,17 +203,17 @@ class Broker:
         return self.proc is not None and self.proc.poll() is None
 
 
-def tls_context(ca_path):
+def tls_context(ca_path, check_hostname=True):
     ctx = ssl.create_default_context(cafile=ca_path)
-    ctx.check_hostname = True
+    ctx.check_hostname = check_hostname
     return ctx
 
 
-def service_client(client_id, username, password, ca_path, clean_session=True):
+def service_client(client_id, username, password, ca_path, clean_session=True, check_hostname=True):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                     protocol=mqtt.MQTTv311, clean_session=clean_session)
     c.username_pw_set(username, password)
-    c.tls_set_context(tls_context(ca_path))
+    c.tls_set_context(tls_context(ca_path, check_hostname))
     c.reconnect_delay_set(0.1, 2)
     return c
 
@@ -225,7 +228,8 @@ class DynSec:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = service_client("realer-admin-" + uuid.uuid4().hex[:8], ADMIN_USER,
-                                     broker.admin_password, broker.pki["ca"])
+                                     broker.admin_password, broker.pki["ca"],
+                                     check_hostname=broker.check_hostname)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self._ready.clear()
         self.client.on_message = self._on_message

@@ -106,11 +106,20 @@ def write_pair(folder, key, cert, cert_name, key_name, der_name=None):
         _write(os.path.join(folder, der_name), cert.public_bytes(serialization.Encoding.DER))
 
 
-def ensure(folder):
+def _names_of(cert):
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(n) for n in san.get_values_for_type(x509.DNSName)} | {
+        str(i) for i in san.get_values_for_type(x509.IPAddress)}
+
+
+def ensure(folder, names=SERVER_NAMES, ips=SERVER_IPS):
     """Make the CA and server certificate in `folder` unless they are there.
 
     Returns a dict of the file paths. A server certificate that expires within
-    30 days, or was not signed by the CA on disk, is made anew.
+    30 days, was not signed by the CA on disk, or is for other names, is made anew.
     """
     os.makedirs(folder, exist_ok=True)
     paths = {k: os.path.join(folder, v) for k, v in (
@@ -131,13 +140,14 @@ def ensure(folder):
         with open(paths["cert"], "rb") as f:
             cert = x509.load_pem_x509_certificate(f.read())
         left = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
-        fresh = cert.issuer == ca_cert.subject and left > datetime.timedelta(days=30)
+        fresh = (cert.issuer == ca_cert.subject and left > datetime.timedelta(days=30)
+                 and _names_of(cert) == set(names) | set(ips))
         if fresh:
             try:
                 cert.verify_directly_issued_by(ca_cert)
             except (InvalidSignature, ValueError, TypeError):
                 fresh = False
     if not fresh:
-        key, cert = make_server_cert(ca_key, ca_cert)
+        key, cert = make_server_cert(ca_key, ca_cert, tuple(names), tuple(ips))
         write_pair(folder, key, cert, SERVER_PEM, SERVER_KEY)
     return paths

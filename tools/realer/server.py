@@ -32,7 +32,8 @@ class _Server(uvicorn.Server):
 
 class Cloud:
     def __init__(self, state=DEFAULT_STATE, http_port=8443, mqtt_port=8883, fleet_path=None,
-                 host="127.0.0.1", public_host="localhost", quiet=False, lifetimes=None):
+                 host="127.0.0.1", public_host="localhost", quiet=False, lifetimes=None,
+                 server_names=None, broker_url=None):
         self.state = os.path.abspath(state)
         self.http_port = http_port
         self.mqtt_port = mqtt_port
@@ -41,13 +42,19 @@ class Cloud:
         self.quiet = quiet
         os.makedirs(self.state, exist_ok=True)
         os.chmod(self.state, 0o700)
-        self.pki = pki.ensure(os.path.join(self.state, "pki"))
-        self.fleet = _fleet.load(fleet_path or _fleet.DEFAULT_FLEET, self.state)
+        if server_names:  # a certificate for other names only (hostname-mismatch tests)
+            self.pki = pki.ensure(os.path.join(self.state, "pki"), tuple(server_names), ())
+        else:
+            self.pki = pki.ensure(os.path.join(self.state, "pki"))
+        self.broker_url = broker_url or "mqtts://%s:%d" % (public_host, mqtt_port)
+        self.fleet_path = os.path.abspath(fleet_path or _fleet.DEFAULT_FLEET)
+        self.fleet = _fleet.load(self.fleet_path, self.state)
         self.fleet.set_lifetimes(**(lifetimes or {}))
         self.ledger = Ledger(os.path.join(self.state, "ledger.sqlite"))
         self.faults = Faults()
         self.admin_token = secrets.token_urlsafe(24)
-        self.broker = broker.Broker(os.path.join(self.state, "broker"), mqtt_port, self.pki, host)
+        self.broker = broker.Broker(os.path.join(self.state, "broker"), mqtt_port, self.pki, host,
+                                    check_hostname=not server_names)
         self.dynsec = None
         self.app = None
         self.started = time.time()
@@ -88,11 +95,12 @@ class Cloud:
         return {
             "pid": os.getpid(),
             "api_url": "https://%s:%d" % (self.public_host, self.http_port),
-            "broker_url": "mqtts://%s:%d" % (self.public_host, self.mqtt_port),
+            "broker_url": self.broker_url,
             "http_port": self.http_port, "mqtt_port": self.mqtt_port,
             "ca": self.pki["ca"], "ca_der": self.pki["ca_der"],
             "admin_token": self.admin_token,
             "ledger": self.ledger.path,
+            "fleet": self.fleet_path,
             "devices": [{"device_id": c.device_id, "client_id": c.client_id,
                          "client_secret": c.client_secret,
                          "mqtt_client_id": self.fleet.device_by_id[c.device_id].mqtt_client_id}
