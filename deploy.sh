@@ -27,7 +27,9 @@ commands:
   cloud [args]       run setup, then the local Realer cloud emulator (python -m tools.realer);
                      no args serves in the foreground; subcommands like desired, fault, status
                      are passed through
-  sim                run setup, then (for now) start the local Realer cloud only
+  sim [--duration S] run setup, then the gateway firmware on the MicroPython unix port against
+                     the local Realer cloud, with a small scenario (Ctrl-C stops)
+  run DIR            run the firmware on the unix port with DIR as its flash root
   help               show this text
 EOF
 }
@@ -120,8 +122,18 @@ cmd_cloud() {
 
 cmd_sim() {
     cmd_setup
-    echo "sim: the firmware is not written yet (issue 3); starting the local Realer cloud only"
-    exec "$VENV/bin/python" -m tools.realer serve
+    exec "$VENV/bin/python" -m tools.sim "$@"
+}
+
+# Run the firmware on the MicroPython unix port with DIR as its flash root.
+cmd_run() {
+    [[ $# -ge 1 ]] || die "usage: ./deploy.sh run DIR"
+    local dir="$1" root
+    [[ -d "$dir" ]] || die "no such folder: $dir"
+    root="$(pwd)"
+    cmd_setup >&2
+    cd "$dir"
+    MICROPYPATH=".frozen:$root:$root/lib" exec "$root/$VENV/bin/micropython" "$root/main.py"
 }
 
 main() {
@@ -131,7 +143,8 @@ main() {
         setup) cmd_setup ;;
         test)  cmd_test "$@" ;;
         cloud) cmd_cloud "$@" ;;
-        sim)   cmd_sim ;;
+        sim)   cmd_sim "$@" ;;
+        run)   cmd_run "$@" ;;
         help|-h|--help) usage ;;
         *)
             echo "deploy: unknown command: $cmd" >&2

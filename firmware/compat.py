@@ -1,0 +1,73 @@
+"""The few things that differ between MicroPython and CPython (unit tests).
+
+Firmware code imports time helpers, const and the log from here, so the same
+modules run on the ESP32, on the unix port, and under pytest.
+"""
+import sys
+import time
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+if hasattr(time, "ticks_ms"):
+    ticks_ms = time.ticks_ms
+    ticks_diff = time.ticks_diff
+    ticks_add = time.ticks_add
+else:  # CPython: monotonic milliseconds; no wrap-around to handle
+    def ticks_ms():
+        return int(time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+    def ticks_add(a, b):
+        return a + b
+
+_EPOCH_2000 = const(946684800)
+
+
+def unix_time():
+    """Seconds since 1970 (the ESP32's own epoch is 2000)."""
+    t = time.time()
+    return t + _EPOCH_2000 if MICROPYTHON and time.gmtime(0)[0] == 2000 else t
+
+
+def utc_iso(t=None):
+    """RFC 3339 UTC with milliseconds, e.g. 2026-11-21T21:02:46.123Z (docs/realer-protocol.md)."""
+    if t is None:
+        if hasattr(time, "time_ns"):
+            ns = time.time_ns()
+            t, ms = ns // 1000000000, (ns // 1000000) % 1000
+        else:
+            t, ms = int(time.time()), 0
+    else:
+        ms = int((t - int(t)) * 1000)
+        t = int(t)
+    y, mo, d, h, mi, s = time.gmtime(t)[:6]
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (y, mo, d, h, mi, s, ms)
+
+
+async def wait_for_ms(aw, ms):
+    """asyncio.wait_for with a timeout in milliseconds, on both runtimes."""
+    import asyncio
+    if hasattr(asyncio, "wait_for_ms"):
+        return await asyncio.wait_for_ms(aw, ms)
+    return await asyncio.wait_for(aw, ms / 1000)
+
+
+_quiet = False
+
+
+def log(tag, msg):
+    """One line per event: `  12.345 tag: msg` (seconds since boot)."""
+    if not _quiet:
+        t = ticks_diff(ticks_ms(), _T0)
+        print("%4d.%03d %s: %s" % (t // 1000, t % 1000, tag, msg))
+
+
+_T0 = ticks_ms()

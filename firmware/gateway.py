@@ -1,0 +1,291 @@
+"""The gateway: one asyncio program with a supervisor and one task per concern.
+
+    supervisor: bootstrap (token -> catalog -> credential) -> session -> run,
+                and back with exponential backoff and full jitter
+    session:    TLS + CONNECT + SUBSCRIBE, then watch the link and renewal
+    sampler:    polls sensor routes into the outbox
+    sender:     publishes outbox entries (QoS 1) while the link is up
+    (the MQTT client runs its own reader and keepalive tasks)
+
+Acks and desired-state messages arrive through the MQTT reader's callback.
+"""
+import asyncio
+
+from firmware import outbox as _outbox
+from firmware.backoff import Backoff
+from firmware.cloud import realer
+from firmware.compat import const, log, ticks_diff, ticks_ms, utc_iso, wait_for_ms
+from firmware.net import mqtt as _mqtt, tls
+
+_SAMPLE_MS = const(250)
+_WATCH_MS = const(200)
+_SEEN_MAX = const(16)
+
+
+def _why(e):
+    """An exception's message on one line (mbedTLS messages start with a newline)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+class Gateway:
+    def __init__(self, cfg, store, routes):
+        self.cfg = cfg
+        self.store = store
+        self.routes = routes
+        self.ctx = tls.context(cfg.ca)
+        self.cloud = realer.Realer(cfg, self.ctx)
+        self.outbox = _outbox.Outbox()
+        self.mqtt = _mqtt.MQTTClient(self._on_message, keepalive=cfg.keepalive, max_packet=4096)
+        self.link_up = asyncio.Event()
+        self.link_down = asyncio.Event()
+        self.link_down.set()
+        self.work = asyncio.Event()
+        self.stopping = False
+        self._topics = {}  # MQTT topic -> (kind, route)
+        self._seen = {}  # desired_id -> ticks_ms first seen
+        self.sessions = 0
+        self._stage = ""
+
+    # --- events into the outbox -------------------------------------------
+    def report(self, route, value, desired_id=None, status=None):
+        try:
+            mid = self.store.next_message_id()
+        except OSError as e:
+            # Without a reserved id we could reuse one after a reboot; better to skip.
+            log("store", "cannot reserve a message_id (%s); %s not queued" % (e, route.name))
+            return None
+        payload = realer.feed_payload(mid, value, utc_iso(), desired_id, status)
+        self.outbox.add(mid, route.id, payload, desired_id is not None)
+        self.work.set()
+        return mid
+
+    async def sampler(self):
+        sensors = [r for r in self.routes.values() if r.kind == "sensor"]
+        while not self.stopping:
+            for r in sensors:
+                v = r.poll()
+                if v is not None:
+                    self.report(r, v)
+            await asyncio.sleep(_SAMPLE_MS / 1000)
+
+    async def sender(self):
+        while not self.stopping:
+            if self.link_up.is_set() and self.cloud.catalog:
+                limit = self.cloud.catalog.max_inflight
+                for e in self.outbox.ready():
+                    if len(self.mqtt.inflight) >= limit or not self.link_up.is_set():
+                        break
+                    topic = self._feed_topic(e.route)
+                    if topic is None:
+                        continue
+                    try:
+                        await self.mqtt.publish(topic, e.payload, 1)
+                    except OSError as err:
+                        log("publish", "failed: %s" % err)
+                        break
+                    self.outbox.sent(e)
+                    r = self.routes.get(e.route)
+                    log("publish", "%s %s%s" % (r.name if r else e.route, e.payload.decode(),
+                                                " (retry %d)" % (e.tries - 1) if e.tries > 1 else ""))
+            due = self.outbox.next_due_ms()
+            wait = 1000 if due is None else max(20, min(due, 1000))
+            self.work.clear()
+            try:
+                await wait_for_ms(self.work.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    def _feed_topic(self, rid):
+        r = self.cloud.catalog.routes.get(rid)
+        return r["feed"] if r else None
+
+    # --- messages from the broker ------------------------------------------
+    def _on_message(self, topic, payload):
+        kind, route = self._topics.get(topic, (None, None))
+        if kind == "ack":
+            self._on_ack(payload)
+        elif kind == "desired":
+            self._on_desired(route, payload)
+        else:
+            log("mqtt", "message on unexpected topic %s ignored" % topic)
+
+    def _on_ack(self, payload):
+        try:
+            mid, status, retryable, etype = realer.parse_ack(payload)
+        except ValueError as e:
+            log("ack", "unreadable ack ignored (%s)" % e)
+            return
+        e = self.outbox.ack(mid, status, retryable)
+        if e is None:
+            log("ack", "%s for unknown message_id %s (already settled)" % (status, mid))
+            return
+        r = self.routes.get(e.route)
+        if r:
+            r.last_ack = status
+        what = "retry later" if retryable and status not in ("accepted", "replayed") else (
+            "delivered" if status in ("accepted", "replayed") else "dropped")
+        log("ack", "%s %s message_id=%s%s -> %s" % (
+            r.name if r else e.route, status, mid, " error=%s" % etype if etype else "", what))
+        self.work.set()
+
+    def _on_desired(self, route, payload):
+        try:
+            d = realer.parse_desired(payload)
+        except ValueError as e:
+            log("desired", "%s: refused message (%s); relay unchanged" % (route.name, e))
+            return
+        did, seq = d["desired_id"], d["sequence_number"]
+        last = self.store.last_sequence(route.id)
+        if seq <= last:
+            log("desired", "%s: sequence %d <= last handled %d, ignored" % (route.name, seq, last))
+            return
+        now = ticks_ms()
+        first = self._seen.get(did)
+        if first is None:
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[did] = first = now
+        server_now = self.cloud.server_now_ms()
+        exp = d["expires_ms"]
+        if ticks_diff(now, first) > d["valid_for_seconds"] * 1000 or (
+                server_now is not None and exp is not None and server_now > exp):
+            status, value = "stale", route.value()
+        else:
+            try:
+                value = route.check(d["value"])
+                route.apply(value)
+                status, value = "applied", route.value()
+            except ValueError as e:
+                log("desired", "%s: value %r refused (%s)" % (route.name, d["value"], e))
+                status, value = "rejected", route.value()
+        try:
+            self.store.set_sequence(route.id, seq)
+        except OSError as e:
+            log("store", "sequence not saved: %s" % e)
+        self.report(route, value, did, status)
+        log("desired", "%s seq=%d value=%s -> %s (now %s) desired_id=%s" % (
+            route.name, seq, d["value"], status, value, did))
+
+    # --- the supervisor ----------------------------------------------------
+    async def supervisor(self):
+        backoff = Backoff()
+        cloud = self.cloud
+        while not self.stopping:
+            try:
+                self._stage = "HTTPS " + cloud.api
+                await cloud.ensure_token()
+                if cloud.catalog is None:
+                    await cloud.fetch_catalog()
+                    self._bind_catalog()
+                if cloud.cred is None or not cloud.cred.usable(ticks_ms()):
+                    await cloud.fetch_credential()
+                self._stage = "MQTT %s:%d" % (cloud.catalog.host, cloud.catalog.port)
+                await self.session()
+                backoff.reset()
+                continue
+            except realer.CloudError as e:
+                log("bootstrap", "%s" % e)
+                if e.auth:
+                    cloud.forget_auth()
+                delay = backoff.next_ms(e.retry_after)
+            except _mqtt.MQTTRefused as e:
+                log("mqtt", "CONNECT refused (code %d): asking for a new credential" % e.code)
+                cloud.cred = None
+                delay = backoff.next_ms()
+            except ValueError as e:  # MicroPython reports TLS failures as ValueError
+                log("tls", "refused: %s (%s)" % (_why(e), self._stage))
+                delay = backoff.next_ms()
+            except (OSError, EOFError) as e:
+                log("link", "%s: %s (%s)" % (type(e).__name__, _why(e), self._stage))
+                delay = backoff.next_ms()
+            self._link(False)
+            log("supervisor", "retrying in %d.%01d s" % (delay // 1000, delay % 1000 // 100))
+            await asyncio.sleep(delay / 1000)
+
+    def _bind_catalog(self):
+        c = self.cloud.catalog
+        self._topics = {c.ack_topic: ("ack", None)}
+        for rid, route in self.routes.items():
+            cr = c.routes.get(rid)
+            if cr is None:
+                log("catalog", "route %s (%s) is not in the catalog; not reported" % (route.name, rid))
+                continue
+            if route.kind == "command":
+                if cr.get("type"):
+                    route.value_type = cr["type"]
+                    route.lo, route.hi = cr.get("min"), cr.get("max")
+                if cr.get("desired"):
+                    self._topics[cr["desired"]] = ("desired", route)
+
+    def _link(self, up):
+        if up:
+            self.link_down.clear()
+            self.link_up.set()
+        else:
+            self.link_up.clear()
+            self.link_down.set()
+
+    async def session(self):
+        c, cred = self.cloud.catalog, self.cloud.cred
+        reader, writer = await tls.open_tls(c.host, c.port, self.ctx)
+        await self.mqtt.connect(reader, writer, cred.client_id, cred.username, cred.password)
+        self.sessions += 1
+        subs = self.cloud.subscriptions([r.id for r in self.routes.values() if r.kind == "command"])
+        granted = await self.mqtt.subscribe(subs)
+        for (topic, _), code in zip(subs, granted):
+            if code == 0x80:
+                log("mqtt", "subscription refused: %s" % topic)
+        log("mqtt", "connected to %s:%d as %s; subscribed to %d topics" % (
+            c.host, c.port, cred.username, len(subs)))
+        # Unacked events go out again with their message_id; those still waiting
+        # for a PUBACK are resent by the MQTT client itself, with DUP set.
+        self.outbox.requeue([id(v[1]) for v in self.mqtt.inflight.values()])
+        await self.mqtt.resend_inflight()
+        self._link(True)
+        self.work.set()
+        while not self.stopping:
+            if self.mqtt.down.is_set():
+                raise OSError("link lost: %s" % (self.mqtt.reason,))
+            if cred.renew_due(ticks_ms()):
+                await self._renew()
+                return
+            await asyncio.sleep(_WATCH_MS / 1000)
+
+    async def _renew(self):
+        """Controlled reconnect: new tuple over HTTPS first, then swap the session."""
+        log("renewal", "renew_after reached: requesting a new credential")
+        try:
+            await self.cloud.ensure_token()
+            await self.cloud.fetch_credential()
+        except (realer.CloudError, OSError, ValueError) as e:
+            # Keep the current session; the supervisor tries again after it ends.
+            log("renewal", "failed (%s); keeping the current session" % e)
+            self.cloud.cred.renew_after = self.cloud.cred.expires_in
+            return
+        self._link(False)
+        await self.mqtt.disconnect()
+        log("renewal", "reconnecting with %s" % self.cloud.cred.username)
+
+    async def run(self):
+        tasks = [asyncio.create_task(self.sampler()), asyncio.create_task(self.sender())]
+        try:
+            await self.supervisor()
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def shutdown(self, timeout_ms=5000):
+        """Intentional shutdown: leave the broker, revoke the token (seed 001)."""
+        self.stopping = True
+        try:
+            await self.mqtt.disconnect()
+        except OSError:
+            pass
+        try:
+            await wait_for_ms(self.cloud.revoke(), timeout_ms)
+        except (realer.CloudError, OSError, ValueError, asyncio.TimeoutError) as e:
+            log("shutdown", "revoke failed: %s" % e)
+        try:
+            self.store.flush()
+        except OSError as e:
+            log("store", "flush failed: %s" % e)

@@ -1,0 +1,97 @@
+"""Verified TLS: a client context that checks the server against our CA, and a connector.
+
+The stock ``ssl.wrap_socket`` and ``requests`` default to CERT_NONE: they
+would talk to anyone. Here every connection needs the CA (DER bytes) and the
+server's name, and a failed check raises ValueError (MicroPython) or
+ssl.SSLError (CPython), never a fallback to plain TCP.
+"""
+from firmware.compat import MICROPYTHON, wait_for_ms
+
+_EINPROGRESS = 115
+_IPPROTO_TCP = 6
+_TCP_NODELAY = 1
+_addr_cache = {}
+
+
+def context(ca_der):
+    """A client SSLContext that requires a certificate chain to `ca_der`."""
+    if not ca_der:
+        raise ValueError("no CA: a TLS connection needs cloud.ca")
+    if MICROPYTHON:
+        import tls
+        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = tls.CERT_REQUIRED
+        ctx.load_verify_locations(ca_der)  # positional: the tls module takes no keywords
+        return ctx
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    ctx.load_verify_locations(cadata=ca_der)
+    return ctx
+
+
+def resolve(host, port):
+    """getaddrinfo blocks the loop: resolve once per host and keep it."""
+    key = (host, port)
+    ai = _addr_cache.get(key)
+    if ai is None:
+        import socket
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        _addr_cache[key] = ai
+    return ai
+
+
+def forget(host, port):
+    _addr_cache.pop((host, port), None)
+
+
+async def open_tls(host, port, ctx, timeout_ms=15000):
+    """(reader, writer) over verified TLS with TCP_NODELAY, within `timeout_ms`.
+
+    On MicroPython both are the same asyncio Stream. The handshake completes on
+    the first write; callers write at once, so certificate errors surface then.
+    """
+    if not MICROPYTHON:
+        import asyncio
+        return await wait_for_ms(asyncio.open_connection(
+            host, port, ssl=ctx, server_hostname=host), timeout_ms)
+    return await wait_for_ms(_open_mp(host, port, ctx), timeout_ms)
+
+
+async def _open_mp(host, port, ctx):
+    import asyncio
+    import socket
+    from asyncio.stream import Stream
+    ai = resolve(host, port)
+    s = socket.socket(ai[0], ai[1], ai[2])
+    try:
+        s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+    except OSError:
+        pass  # a port without TCP_NODELAY still works, only slower
+    s.setblocking(False)
+    try:
+        s.connect(ai[-1])
+    except OSError as e:
+        if e.errno != _EINPROGRESS:
+            s.close()
+            raise
+    try:
+        s = ctx.wrap_socket(s, server_hostname=host, do_handshake_on_connect=False)
+    except (OSError, ValueError):
+        s.close()
+        raise
+    s.setblocking(False)
+    stream = Stream(s)
+    try:
+        await _writable(s)
+    except (OSError, asyncio.CancelledError):  # a deadline cancels us: no half-open socket left
+        s.close()
+        raise
+    return stream, stream
+
+
+def _writable(s):
+    # MicroPython's asyncio awaits a generator that yields an IO-queue entry.
+    from asyncio import core
+    yield core._io_queue.queue_write(s)

@@ -1,0 +1,102 @@
+"""routes: binds a cloud route id to a driver.
+
+A sensor route samples its driver, decides whether a reading is worth sending
+(deadband, interval) and hands it to the outbox. A command route knows its
+value type and safe level, checks a desired value and applies it.
+"""
+from firmware.compat import ticks_diff, ticks_ms
+
+
+class SensorRoute:
+    kind = "sensor"
+
+    def __init__(self, route_id, cfg, driver):
+        self.id = route_id
+        self.name = cfg.get("name", route_id)
+        self.interval_ms = int(cfg.get("interval", 10) * 1000)
+        self.deadband = cfg.get("deadband", 0)
+        self.driver = driver
+        self.last_sent = None
+        self._last_ms = None
+        self.last_value = None
+        self.last_ack = None
+
+    def poll(self):
+        """A value to report now, or None. Reports a change beyond the deadband at once,
+        and the current value at least every interval."""
+        v = self.driver.read()
+        if v is None:
+            return None
+        self.last_value = v
+        now = ticks_ms()
+        due = self._last_ms is None or ticks_diff(now, self._last_ms) >= self.interval_ms
+        changed = self.last_sent is None or _moved(v, self.last_sent, self.deadband)
+        if not (due or changed):
+            return None
+        self.last_sent = v
+        self._last_ms = now
+        return v
+
+
+def _moved(v, last, deadband):
+    if isinstance(v, bool) or isinstance(last, bool):
+        return v != last
+    return abs(v - last) > deadband
+
+
+class CommandRoute:
+    kind = "command"
+
+    def __init__(self, route_id, cfg, driver, value_type="boolean", lo=None, hi=None):
+        self.id = route_id
+        self.name = cfg.get("name", route_id)
+        self.safe_level = cfg.get("safe", False)
+        self.driver = driver  # already at its safe level
+        self.value_type = value_type
+        self.lo, self.hi = lo, hi
+        self.last_ack = None
+
+    def value(self):
+        return self.driver.value()
+
+    def check(self, value):
+        """The value to apply, or raise ValueError saying why it is refused."""
+        t = self.value_type
+        if t == "boolean":
+            if value is True or value is False:
+                return value
+            if type(value) is int and value in (0, 1):
+                return value == 1
+            raise ValueError("a boolean (or 0/1) is required")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("a number is required")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("a finite number is required")
+        if t == "integer":
+            if value != int(value):  # float.is_integer() is missing on MicroPython
+                raise ValueError("an integer is required")
+            value = int(value)
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            raise ValueError("out of range [%s, %s]" % (self.lo, self.hi))
+        return value
+
+    def apply(self, value):
+        self.driver.set(value)
+
+    def make_safe(self):
+        self.driver.set(self.safe_level)
+
+
+def build(cfg_routes, root):
+    """Route objects from the config's routes; relays are created at their safe level first."""
+    from firmware.io.virtual import VirtualInput, VirtualOutput
+    out = {}
+    # Outputs first: nothing else runs before every relay sits at its safe level.
+    for rid, rc in cfg_routes.items():
+        if rc["driver"] == "virtual_relay":
+            name = rc.get("name", rid)
+            out[rid] = CommandRoute(rid, rc, VirtualOutput(root, name, rc.get("safe", False)))
+    for rid, rc in cfg_routes.items():
+        if rc["driver"] == "virtual_sensor":
+            out[rid] = SensorRoute(rid, rc, VirtualInput(root, rc.get("name", rid)))
+    return out

@@ -1,0 +1,106 @@
+"""Run the ugate firmware on the MicroPython unix port against a RunningCloud.
+
+    fw = Firmware(cloud, tmp_path / "flash")       # provisions config, secrets, CA
+    fw.start(); fw.wait_log("mqtt: connected")
+    fw.set_input("temperature", 23.5)              # virtual/<name>.in
+    fw.output("relay")                             # virtual/<name>.out
+    fw.stop()                                      # SIGINT: intentional shutdown (revoke)
+
+The firmware's own log lines are collected in `lines`; every test reads them
+and the cloud's ledger, never the firmware's internals.
+"""
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import mp
+from tools.provision import provision, read_output, write_input
+
+
+class Firmware:
+    def __init__(self, cloud, flash, heap=None, mpy_dir=None, **provision_args):
+        self.cloud = cloud
+        self.flash = str(flash)
+        self.heap = heap
+        self.mpy_dir = mpy_dir
+        os.makedirs(self.flash, exist_ok=True)
+        self.config = provision(self.flash, cloud.state, **provision_args)
+        self.route_ids = {r["name"]: rid for rid, r in self.config["routes"].items()}
+        self.proc = None
+        self.lines = []
+        self._q = queue.Queue()
+
+    def edit_config(self, fn):
+        path = os.path.join(self.flash, "config.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        fn(cfg)
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.config = cfg
+
+    def start(self):
+        cmd = [mp.binary()]
+        if self.heap:
+            cmd += ["-X", "heapsize=" + self.heap]
+        env = dict(os.environ, MICROPYPATH=mp.path() if self.mpy_dir is None else ":".join(
+            (".frozen", self.mpy_dir)))
+        main = os.path.join(mp.ROOT if self.mpy_dir is None else self.mpy_dir, "main.py")
+        self.proc = subprocess.Popen(cmd + [main], cwd=self.flash, env=env, text=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        threading.Thread(target=self._pump, daemon=True).start()
+        return self
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            self._q.put(line)
+        self._q.put(None)
+
+    def wait_log(self, pattern, timeout=30):
+        """The first new log line matching regex `pattern` (waits up to `timeout` s)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self._q.get(timeout=max(0.01, left))
+            except queue.Empty:
+                line = ""
+            if line is None:
+                raise AssertionError("firmware exited (%s) before %r; log:\n%s" % (
+                    self.proc.poll(), pattern, self.log()))
+            if rx.search(line):
+                return line
+            if left <= 0:
+                raise AssertionError("no log line %r within %s s; log:\n%s" % (pattern, timeout, self.log()))
+
+    def log(self, last=60):
+        return "\n".join(self.lines[-last:])
+
+    def set_input(self, name, value):
+        write_input(self.flash, name, value)
+
+    def output(self, name):
+        return read_output(self.flash, name)
+
+    def published(self):
+        """message_ids the firmware logged as published, in order, with repeats."""
+        return re.findall(r'publish: \S+ \{.*?"message_id": "([^"]+)"', "\n".join(self.lines))
+
+    def stop(self, sig=signal.SIGINT, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
