@@ -4,16 +4,38 @@ A bad config never ends in a reboot loop: the device stays up with its relays
 at their safe level, says why every minute, and keeps the REPL usable.
 """
 import asyncio
+import gc
 
-from firmware.compat import log
+from firmware.compat import log, unload
+
+_KEEP = ("dialect", "api_url", "device_id", "client_id", "client_secret", "ca", "scopes",
+         "client_auth", "keepalive", "routes", "wifi_ssid", "wifi_password", "log_level")
 
 
-def main(root="."):
+class Settings:
+    """The checked configuration, without the checking code."""
+
+
+def settings(root="."):
+    """Load and check the config; keep the values, drop the config module (about 10 KB)."""
     from firmware import config as _config
     try:
         cfg = _config.load(root)
     except _config.ConfigError as e:
-        _config_error_loop(str(e))
+        return None, str(e)
+    s = Settings()
+    for k in _KEEP:
+        setattr(s, k, getattr(cfg, k))
+    del cfg, _config
+    unload("firmware.config")
+    gc.collect()
+    return s, None
+
+
+def main(root="."):
+    cfg, why = settings(root)
+    if cfg is None:
+        _config_error_loop(why)
         return
     from firmware import routes as _routes
     routes = _routes.build(cfg.routes, root)  # relays at their safe level before anything else

@@ -60,6 +60,20 @@ async def wait_for_ms(aw, ms):
     return await asyncio.wait_for(aw, ms / 1000)
 
 
+def unload(name):
+    """Forget a module so the GC can take its code back (RAM is the budget).
+
+    For code needed once (config checks) or rarely (the HTTPS client between
+    renewals); the next import loads it again.
+    """
+    mod = sys.modules.pop(name, None)
+    if mod is not None and "." in name:
+        parent, _, attr = name.rpartition(".")
+        pkg = sys.modules.get(parent)
+        if pkg is not None and getattr(pkg, attr, None) is mod:
+            delattr(pkg, attr)
+
+
 _quiet = False
 
 

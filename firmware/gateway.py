@@ -10,6 +10,7 @@
 Acks and desired-state messages arrive through the MQTT reader's callback.
 """
 import asyncio
+import gc
 
 from firmware import outbox as _outbox
 from firmware.backoff import Backoff
@@ -180,6 +181,8 @@ class Gateway:
                 if cloud.cred is None or not cloud.cred.usable(ticks_ms()):
                     await cloud.fetch_credential()
                 self._stage = "MQTT %s:%d" % (cloud.catalog.host, cloud.catalog.port)
+                cloud.done()
+                gc.collect()
                 await self.session()
                 backoff.reset()
                 continue
@@ -265,6 +268,7 @@ class Gateway:
         self._link(False)
         await self.mqtt.disconnect()
         log("renewal", "reconnecting with %s" % self.cloud.cred.username)
+        self.cloud.done()
 
     async def run(self):
         tasks = [asyncio.create_task(self.sampler()), asyncio.create_task(self.sender())]

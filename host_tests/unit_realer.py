@@ -6,7 +6,7 @@ Dict ordering differs between the runtimes: payloads are compared parsed.
 import json
 
 from firmware import compat
-from firmware.cloud import realer
+from firmware.cloud import realer, realer_boot
 from firmware.compat import ticks_add, ticks_ms
 
 compat._quiet = True
@@ -255,9 +255,9 @@ def test_rfc3339_garbage_is_none():
 
 
 def test_http_date():
-    assert realer.http_date("Sat, 21 Nov 2026 21:08:36 GMT") == 1795295316
-    assert realer.http_date("Tue, 29 Feb 2000 00:00:00 GMT") == 951782400
-    t = realer.http_date("Thu, 01 Jan 1970 00:00:00 GMT")
+    assert realer_boot.http_date("Sat, 21 Nov 2026 21:08:36 GMT") == 1795295316
+    assert realer_boot.http_date("Tue, 29 Feb 2000 00:00:00 GMT") == 951782400
+    t = realer_boot.http_date("Thu, 01 Jan 1970 00:00:00 GMT")
     assert t == 0 and t is not None
 
 
@@ -268,7 +268,7 @@ def test_http_date_bad_is_none():
               "Sat, 21 Nov 2026 21:xx:36 GMT", "Sat, xx Nov 2026 21:08:36 GMT",
               "Sat, 21 Nov 20x6 21:08:36 GMT", "Saturday, 21-Nov-26 21:08:36 GMT",
               "Sat Nov 21 21:08:36 2026"):
-        assert realer.http_date(s) is None, s
+        assert realer_boot.http_date(s) is None, s
 
 
 # --- catalog ------------------------------------------------------------------
@@ -298,7 +298,7 @@ def _catalog(**mqtt):
 
 
 def test_catalog_parses_broker_topics_routes_limits():
-    c = realer.Catalog(_catalog())
+    c = realer_boot.parse_catalog(_catalog())
     assert (c.host, c.port) == ("broker.example.com", 8883)
     assert c.ack_topic == "realer/devices/7/ack"
     assert c.client_id == "gw-7"
@@ -314,9 +314,9 @@ def test_catalog_parses_broker_topics_routes_limits():
 
 
 def test_catalog_broker_port_default_and_path():
-    c = realer.Catalog(_catalog(broker_url="mqtts://broker.example.com"))
+    c = realer_boot.parse_catalog(_catalog(broker_url="mqtts://broker.example.com"))
     assert (c.host, c.port) == ("broker.example.com", 8883)
-    c = realer.Catalog(_catalog(broker_url="mqtts://10.0.0.2:18883/mqtt"))
+    c = realer_boot.parse_catalog(_catalog(broker_url="mqtts://10.0.0.2:18883/mqtt"))
     assert (c.host, c.port) == ("10.0.0.2", 18883)
 
 
@@ -324,26 +324,26 @@ def test_catalog_refuses_plain_or_missing_broker():
     for url in ("mqtt://broker.example.com:1883", "http://broker.example.com",
                 "https://broker.example.com", "tcp://b:8883", "", None, 8883,
                 "mqtts://broker.example.com:abc"):
-        _raises(realer.CloudError, realer.Catalog, _catalog(broker_url=url))
-    _raises(realer.CloudError, realer.Catalog, _catalog(broker_url=_DROP))
+        _raises(realer.CloudError, realer_boot.parse_catalog, _catalog(broker_url=url))
+    _raises(realer.CloudError, realer_boot.parse_catalog, _catalog(broker_url=_DROP))
 
 
 def test_catalog_refuses_missing_mqtt_or_ack_topic():
-    _raises(realer.CloudError, realer.Catalog, {"mqtt_routes": []})
-    _raises(realer.CloudError, realer.Catalog, {"mqtt": "mqtts://x"})
-    _raises(realer.CloudError, realer.Catalog, _catalog(feed_data_ack_topic=_DROP))
-    _raises(realer.CloudError, realer.Catalog, _catalog(feed_data_ack_topic=5))
-    e = _raises(realer.CloudError, realer.Catalog, _catalog(broker_url="mqtt://b:1883"))
+    _raises(realer.CloudError, realer_boot.parse_catalog, {"mqtt_routes": []})
+    _raises(realer.CloudError, realer_boot.parse_catalog, {"mqtt": "mqtts://x"})
+    _raises(realer.CloudError, realer_boot.parse_catalog, _catalog(feed_data_ack_topic=_DROP))
+    _raises(realer.CloudError, realer_boot.parse_catalog, _catalog(feed_data_ack_topic=5))
+    e = _raises(realer.CloudError, realer_boot.parse_catalog, _catalog(broker_url="mqtt://b:1883"))
     assert e.stage == "catalog" and not e.auth
 
 
 def test_catalog_limits_default_when_absent():
     d = _catalog()
     d.pop("limits")
-    c = realer.Catalog(d)
+    c = realer_boot.parse_catalog(d)
     assert (c.max_payload, c.max_inflight, c.keepalive) == (2048, 8, 0)
     d["limits"] = ["not", "an", "object"]
-    c = realer.Catalog(d)
+    c = realer_boot.parse_catalog(d)
     assert (c.max_payload, c.max_inflight, c.keepalive) == (2048, 8, 0)
 
 
@@ -351,17 +351,17 @@ def test_catalog_limits_default_when_wrong_typed():
     d = _catalog()
     d["limits"] = {"max_payload_bytes": "1024", "max_inflight_messages": True,
                    "keepalive_seconds": 30.5}
-    c = realer.Catalog(d)
+    c = realer_boot.parse_catalog(d)
     assert (c.max_payload, c.max_inflight, c.keepalive) == (2048, 8, 0)
     d["limits"] = {"max_payload_bytes": 0, "max_inflight_messages": -3, "keepalive_seconds": None}
-    c = realer.Catalog(d)
+    c = realer_boot.parse_catalog(d)
     assert (c.max_payload, c.max_inflight, c.keepalive) == (2048, 8, 0)
 
 
 def test_catalog_credential_endpoint_defaults():
-    c = realer.Catalog(_catalog(credential_endpoint=_DROP))
+    c = realer_boot.parse_catalog(_catalog(credential_endpoint=_DROP))
     assert (c.cred_path, c.cred_method, c.cred_body) == ("/iot/v1/mqtt-credentials", "POST", {})
-    c = realer.Catalog(_catalog(credential_endpoint={"body": "nope"}))
+    c = realer_boot.parse_catalog(_catalog(credential_endpoint={"body": "nope"}))
     assert c.cred_body == {}
 
 
@@ -369,10 +369,10 @@ def test_catalog_malformed_shapes_raise_cloud_error():
     # A broken catalog must end as CloudError (the supervisor's retry path), not as
     # AttributeError/TypeError that nothing catches.
     for bad in (_catalog(credential_endpoint="x"), _catalog(credential_endpoint=[1])):
-        _raises(realer.CloudError, realer.Catalog, bad)
+        _raises(realer.CloudError, realer_boot.parse_catalog, bad)
     d = _catalog()
     d["mqtt_routes"] = 5
-    _raises(realer.CloudError, realer.Catalog, d)
+    _raises(realer.CloudError, realer_boot.parse_catalog, d)
 
 
 # --- credential ----------------------------------------------------------------
@@ -381,7 +381,7 @@ def _cred(ago_ms, **kw):
     d = {"mqtt_client_id": "gw-7", "mqtt_username": "u-1", "mqtt_credential": "secret",
          "expires_in": 600, "renew_after": 400, "scopes": ["iot:mqtt:connect"]}
     d.update(kw)
-    return realer.Credential(d, ticks_add(ticks_ms(), -ago_ms))
+    return realer_boot.credential(d, ticks_add(ticks_ms(), -ago_ms))
 
 
 def test_credential_fields():
@@ -414,9 +414,9 @@ def test_credential_not_usable_near_or_past_expiry():
 
 def test_credential_renew_after_default_and_clamp():
     d = {"mqtt_client_id": "c", "mqtt_username": "u", "mqtt_credential": "p", "expires_in": 800}
-    assert realer.Credential(d, ticks_ms()).renew_after == 600  # 3/4 of the life
+    assert realer_boot.credential(d, ticks_ms()).renew_after == 600  # 3/4 of the life
     d["renew_after"] = 5000
-    assert realer.Credential(d, ticks_ms()).renew_after == 800  # never past the end
+    assert realer_boot.credential(d, ticks_ms()).renew_after == 800  # never past the end
 
 
 def test_credential_refuses_missing_or_bad_fields():
@@ -427,10 +427,10 @@ def test_credential_refuses_missing_or_bad_fields():
                  ("renew_after", "30")):
         d = dict(base)
         d[k] = v
-        _raises(ValueError, realer.Credential, d, ticks_ms())
+        _raises(ValueError, realer_boot.credential, d, ticks_ms())
     d = dict(base)
     d.pop("expires_in")
-    _raises(ValueError, realer.Credential, d, ticks_ms())
+    _raises(ValueError, realer_boot.credential, d, ticks_ms())
 
 
 # --- Realer (no network) ------------------------------------------------------
@@ -460,7 +460,7 @@ def test_realer_server_now_none_before_any_date():
 
 def test_realer_subscriptions_follow_desired_scope():
     r = realer.Realer(_Cfg({"r-relay": {"driver": "virtual_relay"}}), None)
-    r.catalog = realer.Catalog(_catalog())
+    r.catalog = realer_boot.parse_catalog(_catalog())
     r.cred = _cred(0, scopes=["iot:mqtt:connect", "iot:mqtt:desired:read"])
     subs = r.subscriptions(["r-relay", "r-temp", "r-absent"])
     assert sorted(subs) == sorted([("realer/devices/7/ack", 1), ("realer/r-relay/desired", 1)])

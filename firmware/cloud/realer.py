@@ -1,8 +1,8 @@
 """The device side of Realer (seed 001_3fa5db594ef9e30b.txt; docs/realer-protocol.md).
 
-Bootstrap over verified HTTPS: OAuth ``client_credentials`` token, the MQTT
-catalog, a short-lived CONNECT tuple. Then the payloads: feed data, acks,
-desired state.
+Two modules, for RAM: this one stays loaded (state, payloads, time checks);
+``realer_boot`` does the HTTPS bootstrap (token, catalog, credential, revoke)
+and is loaded with the HTTPS client only while it runs, then unloaded (done()).
 
 Clock rules: lifetimes (token, credential, renew_after) run on the monotonic
 clock from the moment each answer arrived. A desired message's window is
@@ -11,12 +11,8 @@ answer plus monotonic time since, so a wrong device wall clock never decides.
 """
 import json
 
-from firmware.compat import const, log, ticks_add, ticks_diff, ticks_ms
-from firmware.net import http
+from firmware.compat import ticks_diff, ticks_ms, unload
 
-_TOKEN_MARGIN_MS = const(60000)
-_TIMEOUT_MS = const(15000)
-_MAX_BODY = const(16384)
 ALL_SCOPES = ("iot:catalog:read", "iot:mqtt:connect", "iot:mqtt:ack:read",
               "iot:mqtt:feed-data:write", "iot:mqtt:desired:read")
 _DESIRED = "iot:mqtt:desired:read"
@@ -34,16 +30,15 @@ class CloudError(Exception):
         self.auth = status in (401, 403)
 
 
+class Catalog:
+    """What the catalog said: host, port, client_id, ack_topic, cred_path/method/body,
+    routes {route_id: {feed, desired, type, min, max, name}}, max_payload, max_inflight,
+    keepalive. Filled by realer_boot.parse_catalog()."""
+
+
 class Credential:
-    def __init__(self, d, now):
-        self.client_id = _str(d, "mqtt_client_id")
-        self.username = _str(d, "mqtt_username")
-        self.password = _str(d, "mqtt_credential")
-        self.scopes = d.get("scopes") or []
-        exp = _int(d, "expires_in")
-        self.expires_in = exp
-        self.renew_after = min(_int(d, "renew_after", exp * 3 // 4), exp)
-        self.t0 = now
+    """A CONNECT tuple: client_id, username, password, scopes, expires_in, renew_after (s),
+    t0 (ticks_ms when it arrived). Filled by realer_boot.credential()."""
 
     def renew_due(self, now):
         return ticks_diff(now, self.t0) >= self.renew_after * 1000
@@ -62,104 +57,33 @@ class Realer:
         self.scopes = cfg.scopes or [s for s in ALL_SCOPES if s != _DESIRED or commands]
         self.basic = cfg.client_auth == "basic"
         self.token = None
-        self._token_until = 0
+        self.token_until = 0
         self.catalog = None
         self.cred = None
-        self._server = None  # (server epoch seconds, ticks_ms) from the latest Date header
+        self.server = None  # (server ms since 1970, ticks_ms) from the latest Date header
 
-    # --- HTTPS ------------------------------------------------------------
-    async def _call(self, stage, method, path, headers, body, ok):
-        url = self.api + path
-        r = await http.request(method, url, self.ctx, headers, body, _TIMEOUT_MS, _MAX_BODY)
-        date = r.header("date")
-        if date:
-            t = http_date(date)
-            if t:
-                # Date has whole seconds: the server's clock is somewhere in [t, t + 1).
-                self._server = (t * 1000 + 500, ticks_ms())
-        if r.status != ok:
-            err = "error"
-            try:
-                err = r.json().get("error", err)
-            except (ValueError, AttributeError):
-                pass
-            ra = r.header("retry-after")
-            raise CloudError(stage, r.status, err, int(ra) if ra and ra.isdigit() else None)
-        try:
-            data = r.json() if r.body else {}
-        except ValueError:
-            raise CloudError(stage, r.status, "answer is not JSON") from None
-        if not isinstance(data, dict):
-            raise CloudError(stage, r.status, "answer is not a JSON object")
-        return data
-
+    # --- bootstrap: realer_boot does the work, loaded only for it -------------
     async def ensure_token(self):
-        now = ticks_ms()
-        if self.token and ticks_diff(self._token_until, now) > 0:
-            return False
-        form = {"grant_type": "client_credentials", "scope": " ".join(self.scopes)}
-        d = await self._call("token", "POST", "/oauth/token", self._client_auth(form),
-                             http.form_encode(form), 200)
-        tok = d.get("access_token")
-        if not isinstance(tok, str) or not tok:
-            raise CloudError("token", 200, "no access_token")
-        life = d.get("expires_in", 3600)
-        life_ms = int(life) * 1000 if isinstance(life, int) and life > 0 else 3600000
-        self.token = tok
-        # Renew a minute early, or at 90 % of a short life.
-        self._token_until = ticks_add(now, max(life_ms - _TOKEN_MARGIN_MS, life_ms * 9 // 10))
-        log("bootstrap", "token ok (expires in %ds; scopes: %s)" % (life_ms // 1000, d.get("scope", "")))
-        return True
-
-    def _client_auth(self, form):
-        """Headers for a form POST with client authentication: Basic, or fields in `form`."""
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        cfg = self.cfg
-        if self.basic:
-            headers["Authorization"] = http.basic_auth(cfg.client_id, cfg.client_secret)
-        else:
-            form["client_id"] = cfg.client_id
-            form["client_secret"] = cfg.client_secret
-        return headers
-
-    def _bearer(self):
-        return {"Authorization": "Bearer " + self.token}
+        from firmware.cloud import realer_boot
+        return await realer_boot.ensure_token(self)
 
     async def fetch_catalog(self):
-        path = "/iot/v1/devices/%d/mqtt" % self.cfg.device_id
-        d = await self._call("catalog", "GET", path, self._bearer(), None, 200)
-        self.catalog = Catalog(d)
-        c = self.catalog
-        log("bootstrap", "catalog ok: broker %s:%d, %d routes, ack topic %s" % (
-            c.host, c.port, len(c.routes), c.ack_topic))
-        return c
+        from firmware.cloud import realer_boot
+        return await realer_boot.fetch_catalog(self)
 
     async def fetch_credential(self):
-        c = self.catalog
-        body = dict(c.cred_body)
-        if "scopes" in body and isinstance(body["scopes"], list):
-            body["scopes"] = [s for s in body["scopes"] if s in self.scopes]
-        headers = self._bearer()
-        headers["Content-Type"] = "application/json"
-        d = await self._call("credential", c.cred_method, c.cred_path, headers, json.dumps(body), 201)
-        m = d.get("mqtt")
-        try:
-            self.cred = Credential(m if isinstance(m, dict) else {}, ticks_ms())
-        except ValueError as e:
-            raise CloudError("credential", 201, str(e)) from None
-        log("bootstrap", "credential %s (renew in %ds, expires in %ds)" % (
-            self.cred.username, self.cred.renew_after, self.cred.expires_in))
-        return self.cred
+        from firmware.cloud import realer_boot
+        return await realer_boot.fetch_credential(self)
 
     async def revoke(self):
-        if not self.token:
-            return
-        form = {"token": self.token, "token_type_hint": "access_token"}
-        await self._call("revoke", "POST", "/oauth/revoke", self._client_auth(form),
-                         http.form_encode(form), 200)
-        self.token = None
-        self.cred = None
-        log("shutdown", "token revoked")
+        from firmware.cloud import realer_boot
+        return await realer_boot.revoke(self)
+
+    @staticmethod
+    def done():
+        """Bootstrap is over until the next renewal: give its code's RAM back."""
+        unload("firmware.cloud.realer_boot")
+        unload("firmware.net.http")
 
     def forget_auth(self):
         """After 401/403 or a refused CONNECT: start over from the token."""
@@ -171,12 +95,11 @@ class Realer:
 
         Integers only: the ESP32's single-precision floats cannot hold an epoch second.
         """
-        if self._server is None:
+        if self.server is None:
             return None
-        t, at = self._server
+        t, at = self.server
         return t + ticks_diff(ticks_ms(), at)
 
-    # --- payloads ---------------------------------------------------------
     def subscriptions(self, command_routes):
         """(topic, qos) pairs: the ack topic, and desired topics only with the scope."""
         c = self.catalog
@@ -238,73 +161,7 @@ def parse_desired(payload):
     return d
 
 
-class Catalog:
-    def __init__(self, d):
-        m = d.get("mqtt")
-        if not isinstance(m, dict):
-            raise CloudError("catalog", 200, "no mqtt object")
-        url = m.get("broker_url")
-        if not isinstance(url, str) or not url.startswith("mqtts://"):
-            # Seed 001: plain MQTT is not accepted. Never fall back to it.
-            raise CloudError("catalog", 200, "broker_url %r is not mqtts://" % (url,))
-        hostport = url[8:].split("/")[0]
-        host, _, port = hostport.rpartition(":")
-        if not host:
-            host, port = hostport, "8883"
-        if not port.isdigit():
-            raise CloudError("catalog", 200, "bad broker port in %r" % url)
-        self.host, self.port = host, int(port)
-        self.client_id = m.get("client_id")
-        self.ack_topic = m.get("feed_data_ack_topic")
-        if not isinstance(self.ack_topic, str):
-            raise CloudError("catalog", 200, "no feed_data_ack_topic")
-        ce = m.get("credential_endpoint", {})
-        if not isinstance(ce, dict):
-            raise CloudError("catalog", 200, "credential_endpoint is not an object")
-        self.cred_path = ce.get("endpoint") or "/iot/v1/mqtt-credentials"
-        self.cred_method = ce.get("http_method") or "POST"
-        self.cred_body = ce.get("body") if isinstance(ce.get("body"), dict) else {}
-        self.routes = {}
-        routes = d.get("mqtt_routes") or []
-        if not isinstance(routes, list):
-            raise CloudError("catalog", 200, "mqtt_routes is not a list")
-        for r in routes:
-            rm = r.get("mqtt") if isinstance(r, dict) else None
-            rid = r.get("route_id") if isinstance(r, dict) else None
-            if not isinstance(rm, dict) or not isinstance(rid, str):
-                continue
-            self.routes[rid] = {"feed": rm.get("feed_data_topic"), "desired": rm.get("desired_topic"),
-                                "type": r.get("value_type"), "min": r.get("min"), "max": r.get("max"),
-                                "name": r.get("name")}
-        lim = d.get("limits") if isinstance(d.get("limits"), dict) else {}
-        self.max_payload = _limit(lim, "max_payload_bytes", 2048)
-        self.max_inflight = _limit(lim, "max_inflight_messages", 8)
-        self.keepalive = _limit(lim, "keepalive_seconds", 0)
-
-
-def _limit(lim, key, default):
-    v = lim.get(key)
-    return v if type(v) is int and v > 0 else default
-
-
-def _str(d, k):
-    v = d.get(k)
-    if not isinstance(v, str) or not v:
-        raise ValueError("no %s" % k)
-    return v
-
-
-def _int(d, k, default=None):
-    v = d.get(k, default)
-    if type(v) is not int or v <= 0:
-        raise ValueError("bad %s" % k)
-    return v
-
-
 # --- time parsing ---------------------------------------------------------
-_MONTHS = "JanFebMarAprMayJunJulAugSepOctNovDec"
-
-
 def _days(y, m, d):
     """Days from 1970-01-01 to the given civil date (proleptic Gregorian)."""
     y -= m <= 2
@@ -313,22 +170,6 @@ def _days(y, m, d):
     doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
     return era * 146097 + doe - 719468
-
-
-def http_date(s):
-    """Seconds since 1970 from an IMF-fixdate ('Sat, 21 Nov 2026 21:08:36 GMT'), or None."""
-    p = s.split()
-    if len(p) != 6 or p[5] != "GMT":
-        return None
-    m = _MONTHS.find(p[2])
-    hms = p[4].split(":")
-    if m < 0 or m % 3 or len(hms) != 3 or not p[1].isdigit() or not p[3].isdigit():
-        return None
-    try:
-        h, mi, sec = int(hms[0]), int(hms[1]), int(hms[2])
-    except ValueError:
-        return None
-    return _days(int(p[3]), m // 3 + 1, int(p[1])) * 86400 + h * 3600 + mi * 60 + sec
 
 
 def rfc3339_ms(s):

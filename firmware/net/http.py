@@ -30,6 +30,8 @@ class HTTPError(OSError):
 
 
 class Response:
+    """status, reason, headers (lower-case names), body (a bytearray, not copied)."""
+
     def __init__(self, status, reason, headers, body):
         self.status, self.reason, self.headers, self.body = status, reason, headers, body
 
@@ -64,8 +66,15 @@ def _int(s, base):
 
 def _quote(s):
     """Form-urlencoding (WHATWG/RFC 6749 B): unreserved kept, space as +, rest %XX."""
-    return "".join(chr(b) if b in _UNRESERVED else "+" if b == 32 else "%%%02X" % b
-                   for b in str(s).encode())
+    out = bytearray()  # one growing buffer, not a list of one-character strings
+    for b in str(s).encode():
+        if b in _UNRESERVED:
+            out.append(b)
+        elif b == 32:
+            out.append(43)
+        else:
+            out.extend(b"%%%02X" % b)
+    return out.decode()
 
 
 def form_encode(fields):
@@ -126,14 +135,19 @@ class _In:
                 return out.rstrip(b"\r\n")
             await self._more()
 
-    async def into(self, out, n):
-        """Append exactly n bytes to the bytearray `out`."""
-        while n:
-            if not self.buf:
-                await self._more(min(n, _READ))
-            part, self.buf = self.buf[:n], self.buf[n:]
-            out += part
-            n -= len(part)
+    async def fill(self, out, pos, n):
+        """Fill out[pos:pos + n] in place: a body never passes through growing copies."""
+        mv = memoryview(out)
+        k = min(n, len(self.buf))
+        mv[pos:pos + k] = self.buf[:k]
+        self.buf = self.buf[k:]
+        pos, end = pos + k, pos + n
+        while pos < end:
+            data = await self.r.read(min(end - pos, _READ))
+            if not data:
+                raise HTTPError("connection closed early")
+            mv[pos:pos + len(data)] = data
+            pos += len(data)
 
     async def rest(self, out, limit):
         """Append everything up to EOF, failing past `limit` bytes."""
@@ -186,7 +200,9 @@ async def _chunked(inp, out, limit):
             return await _headers(inp)  # trailers: read, checked, dropped
         if len(out) + n > limit:
             raise HTTPError("chunked body over %d bytes" % limit)
-        await inp.into(out, n)
+        pos = len(out)
+        out.extend(bytearray(n))
+        await inp.fill(out, pos, n)
         if await inp.line():
             raise HTTPError("no CRLF after a chunk")
 
@@ -219,10 +235,11 @@ async def _exchange(method, host, port, ctx, head, body, timeout_ms, max_body, o
                 raise HTTPError("bad content-length %s" % cl[:16])
             if n > max_body:
                 raise HTTPError("content-length %d over %d bytes" % (n, max_body))
-            await inp.into(out, n)
+            out = bytearray(n)
+            await inp.fill(out, 0, n)
         else:
             await inp.rest(out, max_body)
-        return Response(status[0], status[1], headers, bytes(out))
+        return Response(status[0], status[1], headers, out)
     finally:
         if writer is not None:
             writer.close()
