@@ -79,15 +79,15 @@ class Gateway:
                     topic = self._feed_topic(e.route)
                     if topic is None:
                         continue
+                    r = self.routes.get(e.route)
+                    log("publish", "%s %s%s" % (r.name if r else e.route, e.payload.decode(),
+                                                " (again, try %d)" % (e.tries + 1) if e.tries else ""))
                     try:
                         await self.mqtt.publish(topic, e.payload, 1)
                     except OSError as err:
-                        log("publish", "failed: %s" % err)
+                        log("publish", "failed: %s" % _why(err))
                         break
                     self.outbox.sent(e)
-                    r = self.routes.get(e.route)
-                    log("publish", "%s %s%s" % (r.name if r else e.route, e.payload.decode(),
-                                                " (retry %d)" % (e.tries - 1) if e.tries > 1 else ""))
             due = self.outbox.next_due_ms()
             wait = 1000 if due is None else max(20, min(due, 1000))
             self.work.clear()

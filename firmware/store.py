@@ -113,7 +113,7 @@ class Store:
                 log(_TAG, "cannot rename %s: %r" % (self._tmp, e))
         if st is None:
             st = _fresh()
-            log(_TAG, "no valid state: fresh, epoch %s" % st["epoch"])
+            log(_TAG, "no saved state (first boot, or unreadable): new message_id epoch %s" % st["epoch"])
         self._st = st
         self._next = st["reserved"]
         self._dirty = False

@@ -177,7 +177,6 @@ class MQTTClient:
         self.up.set()
         self._tasks = (asyncio.create_task(self._read_loop(reader)),
                        asyncio.create_task(self._watchdog()))
-        log(self.name, "connected")
         return bool(ack[2] & 1)
 
     async def _handshake(self, r, pkt):
