@@ -121,3 +121,12 @@ class FakeRelay:
 
     def value(self):
         return self.level
+
+
+def exists(path):
+    import os
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False

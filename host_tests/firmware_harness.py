@@ -19,6 +19,7 @@ import threading
 import time
 
 import mp
+from tools import proc
 from tools.provision import provision, read_output, write_input
 
 
@@ -96,11 +97,4 @@ class Firmware:
         return re.findall(r'publish: \S+ \{.*?"message_id": "([^"]+)"', "\n".join(self.lines))
 
     def stop(self, sig=signal.SIGINT, timeout=15):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
+        return proc.stop(self.proc, sig, timeout)

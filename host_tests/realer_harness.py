@@ -19,6 +19,8 @@ import time
 import httpx
 import paho.mqtt.client as mqtt
 
+from tools import proc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_SCOPES = ("iot:catalog:read iot:mqtt:connect iot:mqtt:ack:read "
               "iot:mqtt:feed-data:write iot:mqtt:desired:read")
@@ -129,15 +131,25 @@ class RunningCloud:
 
     # --- life cycle ---------------------------------------------------
     def stop(self, sig=signal.SIGTERM, timeout=10):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         self.api.close()
-        return self.proc.returncode
+        return proc.stop(self.proc, sig, timeout)
+
+
+def mosquitto_pids(state):
+    """Live mosquitto processes whose command line names this state folder."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"mosquitto" and any(
+                str(state).encode() in a for a in argv):
+            found.append(int(pid))
+    return found
 
 
 class Device:

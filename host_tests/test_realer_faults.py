@@ -16,7 +16,7 @@ import uuid
 import httpx
 import pytest
 
-from realer_harness import ROOT, feed
+from realer_harness import ROOT, feed, mosquitto_pids
 
 pytestmark = pytest.mark.fault
 
@@ -365,18 +365,9 @@ def test_broker_survives_thread_pool_churn_after_restart(own_cloud):
 
 
 def _mosquitto_pid(cloud):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"mosquitto" and any(
-                cloud.state.encode() in a for a in argv):
-            return int(pid)
-    return None
+    pids = mosquitto_pids(cloud.state)
+    return pids[0] if pids else None
+
 
 
 # --- the CLI ----------------------------------------------------------------

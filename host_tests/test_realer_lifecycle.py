@@ -11,28 +11,11 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from realer_harness import ROOT, RunningCloud
+from realer_harness import ROOT, RunningCloud, mosquitto_pids
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 from tools.realer import pki  # noqa: E402
-
-
-def mosquitto_pids(state):
-    """Live mosquitto processes whose command line names this state folder."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"mosquitto" and any(
-                str(state).encode() in a for a in argv):
-            found.append(int(pid))
-    return found
 
 
 def wait_gone(state, timeout):

@@ -3,12 +3,11 @@
 Fixture-free: runs under pytest (CPython) and on the unix port (mp_runner.py).
 """
 import json
-import os
 import time
 
 from firmware import compat
 from firmware.routes import CommandRoute, SensorRoute, build
-from fakes import FakeRelay, rmtree as _rmtree, tmpdir as _tmpdir
+from fakes import FakeRelay, exists as _exists, rmtree as _rmtree, tmpdir as _tmpdir
 
 compat._quiet = True
 
@@ -21,14 +20,6 @@ def _read(p):
 def _write(p, text):
     with open(p, "w") as f:
         f.write(text)
-
-
-def _exists(p):
-    try:
-        os.stat(p)
-        return True
-    except OSError:
-        return False
 
 
 def _raises(exc, fn, *args):

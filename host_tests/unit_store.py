@@ -4,7 +4,7 @@ import os
 
 from firmware import compat
 from firmware.store import Store
-from fakes import rmtree as _rmtree, tmpdir as _tmpdir
+from fakes import exists as _exists, rmtree as _rmtree, tmpdir as _tmpdir
 
 
 def _read(p):
@@ -15,14 +15,6 @@ def _read(p):
 def _write(p, data):
     with open(p, "wb") as f:
         f.write(data)
-
-
-def _exists(p):
-    try:
-        os.stat(p)
-        return True
-    except OSError:
-        return False
 
 
 def _split(mid):

@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.request
 
+from tools import proc
 from tools.provision import DEFAULT_STATE, ROOT, provision, read_output, write_input
 
 
@@ -115,18 +116,8 @@ class Sim:
         return 0
 
     def stop(self):
-        if self.gateway and self.gateway.poll() is None:
-            self.gateway.send_signal(signal.SIGINT)  # intentional shutdown: revoke
-            try:
-                self.gateway.wait(10)
-            except subprocess.TimeoutExpired:
-                self.gateway.kill()
-        if self.cloud and self.cloud.poll() is None:
-            self.cloud.send_signal(signal.SIGTERM)
-            try:
-                self.cloud.wait(10)
-            except subprocess.TimeoutExpired:
-                self.cloud.kill()
+        proc.stop(self.gateway, signal.SIGINT)  # intentional shutdown: revoke
+        proc.stop(self.cloud, signal.SIGTERM)
         time.sleep(0.2)
 
 
