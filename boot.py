@@ -1,2 +1,3 @@
-# ugate boot: kept tiny. WiFi, NTP and safe mode arrive with the hardware issue (4);
-# on the unix port there is nothing to do here.
+# ugate boot: kept tiny on purpose. Safe mode, the crash counter, WiFi and NTP live in
+# firmware/boot.py and run from main.py's asyncio program (WiFi with backoff, NTP before
+# any TLS), so a slow network never holds the board in boot.py and nothing here can fail.

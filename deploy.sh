@@ -30,6 +30,20 @@ commands:
   sim [--duration S] run setup, then the gateway firmware on the MicroPython unix port against
                      the local Realer cloud, with a small scenario (Ctrl-C stops)
   run DIR            run the firmware on the unix port with DIR as its flash root
+  flash --port P --firmware FILE [--baud B]
+                     erase an ESP32 and write a MicroPython image with esptool (checks the chip
+                     first; offset 0x1000 on an ESP32/S2, 0x0 on an S3/C3/C6)
+  deploy --port P [--config DIR] [--no-reset]
+                     compile firmware/ with mpy-cross for the board and copy what changed with
+                     mpremote (firmware/**.mpy, boot.py, main.py; with --config: config.json,
+                     secrets.json and the CA); P: /dev/ttyUSB0, socket://127.0.0.1:N or virtual:DIR
+  deploy --flash-root DIR [--config DIR]
+                     the same onto the virtual board whose flash root is DIR
+  repl --port P      the board's REPL (mpremote ... resume repl; Ctrl-] leaves)
+  logs --port P [--reset] [--duration S] [--until TEXT]
+                     follow the board's console; --reset restarts the firmware first
+  board start|stop|status --flash DIR [--port N]
+                     the virtual board: the unix port behind socat on 127.0.0.1:N, DIR as flash
   help               show this text
 EOF
 }
@@ -136,6 +150,17 @@ cmd_run() {
     MICROPYPATH=".frozen:$root:$root/lib" exec "$root/$VENV/bin/micropython" "$root/main.py"
 }
 
+# Board commands: tools/deploy.py (flash, deploy, repl, logs) and tools/board.py.
+cmd_board_tool() {
+    cmd_setup
+    exec "$VENV/bin/python" -m tools.deploy "$@"
+}
+
+cmd_board() {
+    cmd_setup
+    exec "$VENV/bin/python" -m tools.board "$@"
+}
+
 main() {
     local cmd="${1:-help}"
     [[ $# -gt 0 ]] && shift
@@ -145,6 +170,8 @@ main() {
         cloud) cmd_cloud "$@" ;;
         sim)   cmd_sim "$@" ;;
         run)   cmd_run "$@" ;;
+        flash|deploy|repl|logs) cmd_board_tool "$cmd" "$@" ;;
+        board) cmd_board "$@" ;;
         help|-h|--help) usage ;;
         *)
             echo "deploy: unknown command: $cmd" >&2

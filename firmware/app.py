@@ -12,6 +12,9 @@ _KEEP = ("dialect", "api_url", "device_id", "client_id", "client_secret", "ca", 
          "client_auth", "keepalive", "routes", "wifi_ssid", "wifi_password", "log_level")
 
 
+GATEWAY = None  # the running Gateway, for firmware.debug at the REPL
+
+
 class Settings:
     """The checked configuration, without the checking code."""
 
@@ -33,17 +36,30 @@ def settings(root="."):
 
 
 def main(root="."):
+    global GATEWAY
+    from firmware import boot
+    safe = boot.start(root)
+    del boot
     cfg, why = settings(root)
     if cfg is None:
         _config_error_loop(why)
         return
-    from firmware import routes as _routes
-    routes = _routes.build(cfg.routes, root)  # relays at their safe level before anything else
     from firmware.store import Store
     store = Store(root)
-    store.load()
+    store.load()  # first: it holds the relay levels that restore "last" brings back
+    from firmware.io import wiring
+    # Outputs at their boot level before anything else; in safe mode, at their safe level.
+    routes = wiring.build(cfg.routes, root, None if safe else store)
+    del wiring
+    unload("firmware.io.wiring")  # used once: give its code's RAM back
+    unload("firmware.boot")  # imported again, briefly, for WiFi/NTP and healthy()
+    gc.collect()
+    if safe:
+        log("boot", "SAFE MODE: %s. Relays stay safe; the REPL is free. Fix the cause, then"
+                    " reset (or delete boot.dat)." % safe)
+        return
     from firmware.gateway import Gateway
-    gw = Gateway(cfg, store, routes)
+    gw = GATEWAY = Gateway(cfg, store, routes, root)
     log("boot", "ugate %s, device %d, %d routes, dialect %s" % (
         _version(), cfg.device_id, len(routes), cfg.dialect))
     try:

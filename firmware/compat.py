@@ -11,7 +11,7 @@ MICROPYTHON = sys.implementation.name == "micropython"
 try:
     from micropython import const
 except ImportError:  # CPython
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython fallback for micropython.const
         return x
 
 if hasattr(time, "ticks_ms"):
@@ -20,7 +20,7 @@ if hasattr(time, "ticks_ms"):
     ticks_add = time.ticks_add
 else:  # CPython: monotonic milliseconds; no wrap-around to handle
     def ticks_ms():
-        return int(time.monotonic() * 1000)
+        return int(time.monotonic() * 1000)  # type: ignore[attr-defined]  # CPython-only
 
     def ticks_diff(a, b):
         return a - b
@@ -58,6 +58,14 @@ async def wait_for_ms(aw, ms):
     if hasattr(asyncio, "wait_for_ms"):
         return await asyncio.wait_for_ms(aw, ms)
     return await asyncio.wait_for(aw, ms / 1000)
+
+
+def heap():
+    """(free, used) bytes of the GC heap; (-1, -1) under CPython, which does not say."""
+    import gc
+    if hasattr(gc, "mem_free"):
+        return gc.mem_free(), gc.mem_alloc()
+    return -1, -1
 
 
 def unload(name):

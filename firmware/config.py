@@ -56,8 +56,61 @@ _LEVELS = ("debug", "info", "warning", "error")
 _COMMON = ("name", "driver")
 # driver -> its own route keys (besides name and driver)
 _DRIVERS = {
-    "virtual_sensor": ("interval", "deadband"),
+    "virtual_sensor": ("interval", "deadband", "min_interval"),
     "virtual_relay": ("safe",),
+    "digital_in": ("pin", "debounce_ms", "invert", "pull", "interval"),
+    "analog": ("pin", "atten_db", "samples", "scale", "offset", "decimals", "deadband",
+               "min_interval", "interval"),
+    "dht11": ("pin", "field", "interval"),
+    "dht22": ("pin", "field", "interval"),
+    "ds18b20": ("pin", "interval"),
+    "relay": ("pin", "active", "safe", "restore", "group", "max_on"),
+    "pwm": ("pin", "freq", "min", "max", "safe"),
+}
+# key -> (check, default, what); a default of _REQ means the key must be given
+_REQ = object()
+_CHOICES = {
+    "pull": (None, "up", "down"),
+    "atten_db": (0, 2.5, 6, 11),
+    "field": ("temperature", "humidity"),
+    "active": ("high", "low"),
+    "restore": ("off", "on", "last"),
+}
+
+
+def _check(k, v):
+    """None when the value of key k is fine, else the problem."""
+    if k in _CHOICES:
+        return None if v in _CHOICES[k] and type(v) is not bool else "must be one of %s" % (
+            ", ".join("null" if c is None else str(c) for c in _CHOICES[k]))
+    if k in ("invert",):
+        return None if v is True or v is False else "must be true or false"
+    if k == "group":
+        return None if v is None or (isinstance(v, str) and v) else "must be a non-empty string"
+    if not _is_num(v):
+        return "must be a number"
+    lo, hi, whole = _RANGES[k]
+    if whole and not _is_int(v):
+        return "must be a whole number"
+    if not lo <= v <= hi:
+        return "must be within %s..%s" % (lo, hi)
+    return None
+
+
+# numeric key -> (lowest, highest, whole number?)
+_RANGES = {
+    "pin": (0, 48, True), "debounce_ms": (0, 10000, True), "samples": (1, 64, True),
+    "decimals": (0, 6, True), "freq": (1, 40000, True),
+    "interval": (0.05, 86400, False), "min_interval": (0, 86400, False),
+    "deadband": (0, 1e9, False), "max_on": (0, 86400, False),
+    "scale": (-1e9, 1e9, False), "offset": (-1e9, 1e9, False),
+    "min": (-1e9, 1e9, False), "max": (-1e9, 1e9, False),
+}
+_DEFAULTS = {
+    "pin": _REQ, "field": _REQ, "debounce_ms": 50, "invert": False, "pull": None,
+    "interval": 10, "min_interval": 0, "deadband": 0, "atten_db": 11, "samples": 8, "scale": 1.0,
+    "offset": 0.0, "decimals": 2, "active": "high", "restore": "off", "group": None,
+    "max_on": 0, "freq": 1000, "min": 0, "max": 100,
 }
 
 
@@ -144,20 +197,27 @@ def _route(rid, r):
     if not isinstance(name, str) or not name:
         raise ConfigError(key + ".name", "must be a non-empty string")
     out["name"] = name
-    if "interval" in own:
-        v = r.get("interval", 10)
-        if not _is_num(v) or not v > 0:
-            raise ConfigError(key + ".interval", "must be a number of seconds > 0")
-        out["interval"] = v
-    if "deadband" in own:
-        v = r.get("deadband", 0)
-        if not _is_num(v) or not v >= 0:
-            raise ConfigError(key + ".deadband", "must be a number >= 0")
-        out["deadband"] = v
+    for k in own:
+        if k == "safe":
+            continue
+        v = r.get(k, _DEFAULTS[k])
+        if v is _REQ:
+            raise ConfigError("%s.%s" % (key, k), "missing")
+        bad = _check(k, v)
+        if bad:
+            raise ConfigError("%s.%s" % (key, k), bad)
+        out[k] = v
+    if drv == "pwm" and not out["min"] < out["max"]:
+        raise ConfigError(key + ".max", "must be greater than min")
     if "safe" in own:
-        v = r.get("safe", False)
-        if v is not True and v is not False:
-            raise ConfigError(key + ".safe", "must be true or false")
+        if drv == "pwm":  # a level within [min, max]; default min
+            v = r.get("safe", out["min"])
+            if not _is_num(v) or not out["min"] <= v <= out["max"]:
+                raise ConfigError(key + ".safe", "must be a number within min..max")
+        else:
+            v = r.get("safe", False)
+            if v is not True and v is not False:
+                raise ConfigError(key + ".safe", "must be true or false")
         out["safe"] = v
     return out
 
@@ -243,6 +303,15 @@ class Config:
                                   % (r["name"], other))
             names[r["name"]] = rid
             self.routes[rid] = r
+        used = {}
+        for rid, r in self.routes.items():
+            pin = r.get("pin")
+            if pin is None or r["driver"] in ("dht11", "dht22"):
+                continue  # one DHT sensor may feed two routes (temperature, humidity)
+            if pin in used:
+                raise ConfigError("routes.%s.pin" % rid, "pin %d is also used by routes.%s"
+                                  % (pin, used[pin]))
+            used[pin] = rid
 
         if secrets is None:
             raise ConfigError("secrets.client_secret", "missing: no secrets.json")

@@ -15,12 +15,14 @@ import gc
 from firmware import outbox as _outbox
 from firmware.backoff import Backoff
 from firmware.cloud import realer
-from firmware.compat import const, log, ticks_diff, ticks_ms, utc_iso, wait_for_ms
+from firmware.compat import const, log, ticks_add, ticks_diff, ticks_ms, unload, utc_iso, wait_for_ms
 from firmware.net import mqtt as _mqtt, tls
 
 _SAMPLE_MS = const(250)
 _WATCH_MS = const(200)
 _SEEN_MAX = const(16)
+_WDT_MS = const(30000)
+_FLUSH_MS = const(5000)
 
 
 def _why(e):
@@ -29,8 +31,11 @@ def _why(e):
 
 
 class Gateway:
-    def __init__(self, cfg, store, routes):
+    def __init__(self, cfg, store, routes, root="."):
         self.cfg = cfg
+        self.root = root
+        self.started = ticks_ms()
+        self._healthy = False
         self.store = store
         self.routes = routes
         self.ctx = tls.context(cfg.ca)
@@ -55,19 +60,45 @@ class Gateway:
             # Without a reserved id we could reuse one after a reboot; better to skip.
             log("store", "cannot reserve a message_id (%s); %s not queued" % (e, route.name))
             return None
+        if route.kind == "command":
+            self.store.put("relay:" + route.id, value)  # for restore "last"; flushed by the sampler
         payload = realer.feed_payload(mid, value, utc_iso(), desired_id, status)
         self.outbox.add(mid, route.id, payload, desired_id is not None)
         self.work.set()
         return mid
 
     async def sampler(self):
+        """Sensors into the outbox; relay pulses timed out; relay levels saved (write-behind)."""
         sensors = [r for r in self.routes.values() if r.kind == "sensor"]
+        pulsed = [r for r in self.routes.values() if r.kind == "command" and hasattr(r.driver, "tick")]
+        flush_at = ticks_ms()
         while not self.stopping:
             for r in sensors:
+                if hasattr(r.driver, "refresh"):  # a DS18B20 converts: awaits, never blocks
+                    await r.driver.refresh()
                 v = r.poll()
                 if v is not None:
                     self.report(r, v)
+            for r in pulsed:
+                if r.driver.tick():
+                    log("relay", "%s: max on-time reached, switched off" % r.name)
+                    self.report(r, r.value())
+            if ticks_diff(ticks_ms(), flush_at) >= 0:
+                flush_at = ticks_add(ticks_ms(), _FLUSH_MS)
+                try:
+                    self.store.flush()
+                except OSError as e:
+                    log("store", "flush failed: %s" % e)
             await asyncio.sleep(_SAMPLE_MS / 1000)
+
+    def apply(self, route, value):
+        """Drive a command route; report every other route an interlock switched off."""
+        before = [(r, r.value()) for r in self.routes.values() if r.kind == "command" and r is not route]
+        route.apply(value)
+        for r, v in before:
+            if r.value() != v:
+                log("relay", "%s: switched off by the interlock" % r.name)
+                self.report(r, r.value())
 
     async def sender(self):
         while not self.stopping:
@@ -113,10 +144,15 @@ class Gateway:
     def _on_ack(self, payload):
         try:
             mid, status, retryable, etype = realer.parse_ack(payload)
-        except ValueError as e:
-            log("ack", "unreadable ack ignored (%s)" % e)
+        except ValueError as err:
+            log("ack", "unreadable ack ignored (%s)" % err)
             return
         e = self.outbox.ack(mid, status, retryable)
+        if not self._healthy and status in ("accepted", "replayed"):
+            self._healthy = True  # the cloud answers: the next boot is a normal one
+            from firmware import boot
+            boot.healthy(self.root)
+            unload("firmware.boot")
         if e is None:
             log("ack", "%s for unknown message_id %s (already settled)" % (status, mid))
             return
@@ -154,7 +190,7 @@ class Gateway:
         else:
             try:
                 value = route.check(d["value"])
-                route.apply(value)
+                self.apply(route, value)
                 status, value = "applied", route.value()
             except ValueError as e:
                 log("desired", "%s: value %r refused (%s)" % (route.name, d["value"], e))
@@ -270,9 +306,32 @@ class Gateway:
         log("renewal", "reconnecting with %s" % self.cloud.cred.username)
         self.cloud.done()
 
+    async def watchdog(self, wdt):
+        """Feed the hardware watchdog only while the loop runs: a stuck loop resets the board."""
+        while not self.stopping:
+            wdt.feed()
+            await asyncio.sleep(1)
+
     async def run(self):
+        from firmware.io import board
         tasks = [asyncio.create_task(self.sampler()), asyncio.create_task(self.sender())]
+        wdt = board.watchdog(_WDT_MS)
+        del board
+        unload("firmware.io.board")
+        if wdt is not None:
+            tasks.append(asyncio.create_task(self.watchdog(wdt)))
         try:
+            import aiorepl  # optional (mpremote mip install aiorepl): a REPL beside the gateway
+            tasks.append(asyncio.create_task(aiorepl.task()))
+        except ImportError:
+            pass
+        try:
+            from firmware import boot
+            if await boot.wifi(self.cfg.wifi_ssid, self.cfg.wifi_password) is not None:
+                await boot.ntp()
+            del boot
+            unload("firmware.boot")
+            unload("firmware.io.board")  # boot.wifi() used it
             await self.supervisor()
         finally:
             for t in tasks:

@@ -4,7 +4,7 @@ A sensor route samples its driver, decides whether a reading is worth sending
 (deadband, interval) and hands it to the outbox. A command route knows its
 value type and safe level, checks a desired value and applies it.
 """
-from firmware.compat import ticks_diff, ticks_ms
+from firmware.io.report import Reporter
 
 
 class SensorRoute:
@@ -13,35 +13,19 @@ class SensorRoute:
     def __init__(self, route_id, cfg, driver):
         self.id = route_id
         self.name = cfg.get("name", route_id)
-        self.interval_ms = int(cfg.get("interval", 10) * 1000)
-        self.deadband = cfg.get("deadband", 0)
-        self.driver = driver
-        self.last_sent = None
-        self._last_ms = None
+        self.driver = driver  # anything with read() -> value or None
+        self.reporter = Reporter(cfg.get("deadband", 0), int(cfg.get("min_interval", 0) * 1000),
+                                 int(cfg.get("interval", 10) * 1000))
         self.last_value = None
         self.last_ack = None
 
     def poll(self):
-        """A value to report now, or None. Reports a change beyond the deadband at once,
-        and the current value at least every interval."""
+        """A value to report now, or None: a change beyond the deadband (not sooner than
+        min_interval after the last report), and the current value every interval."""
         v = self.driver.read()
-        if v is None:
-            return None
-        self.last_value = v
-        now = ticks_ms()
-        due = self._last_ms is None or ticks_diff(now, self._last_ms) >= self.interval_ms
-        changed = self.last_sent is None or _moved(v, self.last_sent, self.deadband)
-        if not (due or changed):
-            return None
-        self.last_sent = v
-        self._last_ms = now
-        return v
-
-
-def _moved(v, last, deadband):
-    if isinstance(v, bool) or isinstance(last, bool):
-        return v != last
-    return abs(v - last) > deadband
+        if v is not None:
+            self.last_value = v
+        return self.reporter.offer(v)
 
 
 class CommandRoute:
@@ -85,18 +69,3 @@ class CommandRoute:
 
     def make_safe(self):
         self.driver.set(self.safe_level)
-
-
-def build(cfg_routes, root):
-    """Route objects from the config's routes; relays are created at their safe level first."""
-    from firmware.io.virtual import VirtualInput, VirtualOutput
-    out = {}
-    # Outputs first: nothing else runs before every relay sits at its safe level.
-    for rid, rc in cfg_routes.items():
-        if rc["driver"] == "virtual_relay":
-            name = rc.get("name", rid)
-            out[rid] = CommandRoute(rid, rc, VirtualOutput(root, name, rc.get("safe", False)))
-    for rid, rc in cfg_routes.items():
-        if rc["driver"] == "virtual_sensor":
-            out[rid] = SensorRoute(rid, rc, VirtualInput(root, rc.get("name", rid)))
-    return out

@@ -46,6 +46,9 @@ class Firmware:
         self.config = cfg
 
     def start(self):
+        """Start (or start again: a reboot) the firmware; `lines` holds this run's log."""
+        self.lines = []
+        self._q = queue.Queue()
         cmd = [mp.binary()]
         if self.heap:
             cmd += ["-X", "heapsize=" + self.heap]

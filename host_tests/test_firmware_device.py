@@ -10,6 +10,7 @@ MICROPYTHON_MODULES = {
     "asyncio", "binascii", "errno", "gc", "json", "machine", "micropython", "network", "esp32",
     "os", "random", "select", "socket", "ssl", "struct", "sys", "time", "tls", "hashlib",
     "collections", "io", "re", "dht", "onewire", "ds18x20", "ntptime", "neopixel", "deflate",
+    "aiorepl",  # optional, from micropython-lib: `mpremote mip install aiorepl` puts it in /lib
 }
 
 

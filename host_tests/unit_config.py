@@ -94,7 +94,7 @@ def test_full_example_loads():
         assert c.raw == _base()
         assert sorted(c.routes) == sorted([_TEMP, _RELAY])
         assert c.routes[_TEMP] == {"name": "temperature", "driver": "virtual_sensor",
-                                   "interval": 5, "deadband": 0.2}
+                                   "interval": 5, "deadband": 0.2, "min_interval": 0}
         assert c.routes[_RELAY] == {"name": "relay", "driver": "virtual_relay", "safe": False}
         assert "s3cret" not in repr(c)
     finally:
@@ -115,7 +115,7 @@ def test_defaults_and_forward_compatible_top_level():
         assert c.keepalive == 60 and c.scopes is None
         assert c.wifi_ssid is None and c.wifi_password is None
         assert c.routes[_TEMP] == {"name": _TEMP, "driver": "virtual_sensor", "interval": 10,
-                                   "deadband": 0}
+                                   "deadband": 0, "min_interval": 0}
         assert c.routes[_RELAY] == {"name": _RELAY, "driver": "virtual_relay", "safe": False}
     finally:
         compat._quiet = False
@@ -282,5 +282,79 @@ def test_unreadable_config_is_config_error():
             assert False, "no ConfigError"
         except ConfigError as e:
             assert e.key == "config.json", e
+    finally:
+        _rmtree(d)
+
+
+def _gpio_cfg(routes):
+    raw = _base()
+    raw["routes"] = routes
+    return raw
+
+
+def test_gpio_drivers_load_with_defaults():
+    d = _tmpdir()
+    try:
+        _write(d + "/ca.der", b"\x30\x82\x01\x00")
+        raw = _gpio_cfg({
+            "r-door": {"driver": "digital_in", "pin": 4, "pull": "up"},
+            "r-level": {"driver": "analog", "pin": 34, "atten_db": 6, "scale": 0.01},
+            "r-t": {"driver": "dht22", "pin": 15, "field": "temperature"},
+            "r-h": {"driver": "dht22", "pin": 15, "field": "humidity"},
+            "r-probe": {"driver": "ds18b20", "pin": 13},
+            "r-pump": {"driver": "relay", "pin": 5, "active": "low", "restore": "last",
+                       "group": "valves", "max_on": 600},
+            "r-fan": {"driver": "pwm", "pin": 18, "freq": 25000, "safe": 0},
+        })
+        c = Config(raw, _secrets(), d)
+        assert c.routes["r-door"]["debounce_ms"] == 50 and c.routes["r-door"]["invert"] is False
+        assert c.routes["r-level"]["samples"] == 8 and c.routes["r-level"]["atten_db"] == 6
+        assert c.routes["r-pump"]["safe"] is False and c.routes["r-pump"]["active"] == "low"
+        assert c.routes["r-fan"]["min"] == 0 and c.routes["r-fan"]["max"] == 100
+    finally:
+        _rmtree(d)
+
+
+def test_gpio_driver_errors_name_the_key():
+    cases = [
+        ({"driver": "relay"}, "routes.r.pin"),
+        ({"driver": "relay", "pin": 99}, "routes.r.pin"),
+        ({"driver": "relay", "pin": 5, "active": "sideways"}, "routes.r.active"),
+        ({"driver": "relay", "pin": 5, "restore": "maybe"}, "routes.r.restore"),
+        ({"driver": "relay", "pin": 5, "safe": 1}, "routes.r.safe"),
+        ({"driver": "relay", "pin": 5, "interval": 3}, "routes.r.interval"),
+        ({"driver": "dht22", "pin": 15}, "routes.r.field"),
+        ({"driver": "analog", "pin": 34, "atten_db": 3}, "routes.r.atten_db"),
+        ({"driver": "analog", "pin": 34, "samples": 0}, "routes.r.samples"),
+        ({"driver": "digital_in", "pin": 4, "debounce_ms": 2.5}, "routes.r.debounce_ms"),
+        ({"driver": "pwm", "pin": 18, "safe": 200}, "routes.r.safe"),
+        ({"driver": "pwm", "pin": 18, "min": 50, "max": 10}, "routes.r.max"),
+        ({"driver": "gpio", "pin": 18}, "routes.r.driver"),
+    ]
+    d = _tmpdir()
+    try:
+        _write(d + "/ca.der", b"\x30\x82\x01\x00")
+        for route, key in cases:
+            try:
+                Config(_gpio_cfg({"r": route}), _secrets(), d)
+            except ConfigError as e:
+                assert e.key == key, (route, e.key, key)
+            else:
+                raise AssertionError("no ConfigError for %r" % (route,))
+    finally:
+        _rmtree(d)
+
+
+def test_two_routes_on_one_output_pin_are_refused():
+    d = _tmpdir()
+    try:
+        _write(d + "/ca.der", b"\x30\x82\x01\x00")
+        raw = _gpio_cfg({"a": {"driver": "relay", "pin": 5}, "b": {"driver": "pwm", "pin": 5}})
+        try:
+            Config(raw, _secrets(), d)
+        except ConfigError as e:
+            assert e.key in ("routes.a.pin", "routes.b.pin") and "also used" in e.problem
+        else:
+            raise AssertionError("no ConfigError")
     finally:
         _rmtree(d)

@@ -26,6 +26,7 @@ class FakeStore:
         self.seq = dict(seq or {})
         self.n = 0
         self.set_calls = []
+        self.kv = {}
 
     def last_sequence(self, route_id):
         return self.seq.get(route_id, -1)
@@ -37,6 +38,12 @@ class FakeStore:
     def next_message_id(self):
         self.n += 1
         return "e1-%d" % self.n
+
+    def put(self, key, value):
+        self.kv[key] = value
+
+    def get(self, key, default=None):
+        return self.kv.get(key, default)
 
 
 class FakeCloud:
@@ -58,6 +65,7 @@ def _gateway(value_type="boolean", lo=None, hi=None, level=False, server_now=Non
     gw.outbox = Outbox()
     gw.work = asyncio.Event()
     gw._seen = {}
+    gw._healthy = True  # boot.healthy() is not this test's concern
     return gw, route, relay
 
 
@@ -279,3 +287,10 @@ def test_ack_unknown_or_unreadable_changes_nothing():
         assert len(gw.outbox) == 1, raw
         assert not gw.work.is_set(), raw
     assert route.last_ack is None
+
+
+def test_applied_level_is_kept_for_restore_last():
+    gw, route, relay = _gateway(level=False)
+    gw._on_desired(route, _desired(seq=1, value=True))
+    assert relay.level is True
+    assert gw.store.kv == {"relay:r-relay": True}

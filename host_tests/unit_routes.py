@@ -6,7 +6,8 @@ import json
 import time
 
 from firmware import compat
-from firmware.routes import CommandRoute, SensorRoute, build
+from firmware.io.wiring import build
+from firmware.routes import CommandRoute, SensorRoute
 from fakes import FakeRelay, exists as _exists, rmtree as _rmtree, tmpdir as _tmpdir
 
 compat._quiet = True

@@ -53,7 +53,8 @@ class Realer:
         self.cfg = cfg
         self.ctx = ctx
         self.api = cfg.api_url.rstrip("/")
-        commands = [r for r in cfg.routes.values() if r.get("driver") == "virtual_relay"]
+        commands = [r for r in cfg.routes.values()
+                    if r.get("driver") in ("virtual_relay", "relay", "pwm")]
         self.scopes = cfg.scopes or [s for s in ALL_SCOPES if s != _DESIRED or commands]
         self.basic = cfg.client_auth == "basic"
         self.token = None

@@ -20,13 +20,13 @@ def context(ca_der):
     if MICROPYTHON:
         import tls
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = tls.CERT_REQUIRED
+        ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # missing from the stubs
         ctx.load_verify_locations(ca_der)  # positional: the tls module takes no keywords
         return ctx
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]  # CPython ssl
+    ctx.check_hostname = True  # type: ignore[attr-defined]  # CPython ssl
     ctx.load_verify_locations(cadata=ca_der)
     return ctx
 
@@ -62,7 +62,7 @@ async def open_tls(host, port, ctx, timeout_ms=15000):
 async def _open_mp(host, port, ctx):
     import asyncio
     import socket
-    from asyncio.stream import Stream
+    from asyncio.stream import Stream  # type: ignore[import-not-found]  # MicroPython asyncio internals
     ai = resolve(host, port)
     s = socket.socket(ai[0], ai[1], ai[2])
     try:
@@ -93,5 +93,5 @@ async def _open_mp(host, port, ctx):
 
 def _writable(s):
     # MicroPython's asyncio awaits a generator that yields an IO-queue entry.
-    from asyncio import core
+    from asyncio import core  # type: ignore[attr-defined]  # MicroPython asyncio internals
     yield core._io_queue.queue_write(s)

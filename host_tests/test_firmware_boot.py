@@ -1,0 +1,52 @@
+"""Boot on the unix port: the crash counter and safe mode."""
+import os
+
+import pytest
+
+from firmware_harness import Firmware
+
+
+@pytest.fixture
+def fw(cloud, tmp_path):
+    started = []
+
+    def make():
+        f = Firmware(cloud, tmp_path / ("flash%d" % len(started)))
+        started.append(f)
+        return f
+    yield make
+    for f in started:
+        f.stop()
+
+
+def _count(f):
+    with open(os.path.join(f.flash, "boot.dat")) as fh:
+        return int(fh.read())
+
+
+def test_a_healthy_run_clears_the_crash_counter(fw):
+    f = fw()
+    with open(os.path.join(f.flash, "boot.dat"), "w") as fh:
+        fh.write("2")  # two boots that never got healthy
+    f.start()
+    f.wait_log(r"ack: \w+ accepted")
+    f.stop()
+    assert _count(f) == 0
+
+
+def test_boots_that_never_get_healthy_end_in_safe_mode(fw):
+    from realer_harness import free_port
+    f = fw()
+    # The cloud is out of reach (nothing listens there): no boot can get healthy.
+    f.edit_config(lambda c: c["cloud"].update(api_url="https://localhost:%d" % free_port()))
+    for n in (1, 2, 3):
+        f.start()
+        f.wait_log(r"link: .*HTTPS")  # it tried, and failed
+        f.stop(sig=9)  # then the board crashed (or was reset)
+        assert _count(f) == n
+    f.start()
+    line = f.wait_log(r"boot: SAFE MODE")
+    assert "3 boots in a row did not get healthy" in line
+    f.proc.wait(10)
+    assert not any("bootstrap:" in x or "link:" in x for x in f.lines), f.log()
+    assert f.output("relay") is False  # at its safe level
