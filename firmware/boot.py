@@ -88,7 +88,7 @@ async def wifi(ssid, password, wait_ms=20000, backoff_ms=1000, cap_ms=60000):
         delay = min(cap_ms, delay * 2)
 
 
-async def ntp(tries=5):
+async def ntp(tries=5, wait_s=2):
     """Set the clock from NTP before any TLS. True when set (or nothing to do)."""
     from firmware.io import board
     if board.virtual():
@@ -101,5 +101,5 @@ async def ntp(tries=5):
             return True
         except (OSError, OverflowError) as e:
             log("ntp", "try %d failed: %s" % (i + 1, e))
-            await asyncio.sleep(2 << i)
+            await asyncio.sleep(wait_s << i)
     return False

@@ -28,14 +28,6 @@ else:  # CPython: monotonic milliseconds; no wrap-around to handle
     def ticks_add(a, b):
         return a + b
 
-_EPOCH_2000 = const(946684800)
-
-
-def unix_time():
-    """Seconds since 1970 (the ESP32's own epoch is 2000)."""
-    t = time.time()
-    return t + _EPOCH_2000 if MICROPYTHON and time.gmtime(0)[0] == 2000 else t
-
 
 def utc_iso(t=None):
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-21T21:02:46.123Z (docs/realer-protocol.md)."""
