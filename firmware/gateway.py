@@ -250,9 +250,16 @@ class Gateway:
                 log("catalog", "route %s (%s) is not in the catalog; not reported" % (route.name, rid))
                 continue
             if route.kind == "command":
-                if cr.get("type"):
-                    route.value_type = cr["type"]
-                    route.lo, route.hi = cr.get("min"), cr.get("max")
+                # The driver decides the value type; the catalog's range can only narrow it.
+                if cr.get("type") and cr["type"] != route.value_type:
+                    log("catalog", "%s: the cloud says %s, the driver takes %s; the driver wins"
+                        % (route.name, cr["type"], route.value_type))
+                if route.value_type != "boolean":
+                    lo, hi = cr.get("min"), cr.get("max")
+                    if isinstance(lo, (int, float)) and (route.lo is None or lo > route.lo):
+                        route.lo = lo
+                    if isinstance(hi, (int, float)) and (route.hi is None or hi < route.hi):
+                        route.hi = hi
                 if cr.get("desired"):
                     self._topics[cr["desired"]] = ("desired", route)
 

@@ -294,3 +294,23 @@ def test_applied_level_is_kept_for_restore_last():
     gw._on_desired(route, _desired(seq=1, value=True))
     assert relay.level is True
     assert gw.store.kv == {"relay:r-relay": True}
+
+
+class _Cat:
+    ack_topic = "acks"
+
+    def __init__(self, routes):
+        self.routes = routes
+
+
+def test_catalog_cannot_widen_what_the_driver_takes():
+    gw, route, relay = _gateway(value_type="number", lo=0, hi=100)
+    gw.cloud.catalog = _Cat({"r-relay": {"type": "integer", "min": -50, "max": 80,
+                                         "desired": "d/r-relay"}})
+    gw._bind_catalog()
+    assert route.value_type == "number" and (route.lo, route.hi) == (0, 80)
+    assert gw._topics["d/r-relay"] == ("desired", route)
+    gw2, route2, _ = _gateway(value_type="boolean")
+    gw2.cloud.catalog = _Cat({"r-relay": {"type": "integer", "min": 0, "max": 100}})
+    gw2._bind_catalog()
+    assert route2.value_type == "boolean" and route2.lo is None
