@@ -129,14 +129,12 @@ cmd_test() {
     return "$rc"
 }
 
-cmd_cloud() {
+# Set up, then hand over to a host tool: python -m tools.<module> args...
+cmd_tool() {
+    local module="$1"
+    shift
     cmd_setup
-    exec "$VENV/bin/python" -m tools.realer "$@"
-}
-
-cmd_sim() {
-    cmd_setup
-    exec "$VENV/bin/python" -m tools.sim "$@"
+    exec "$VENV/bin/python" -m "tools.$module" "$@"
 }
 
 # Run the firmware on the MicroPython unix port with DIR as its flash root.
@@ -150,16 +148,6 @@ cmd_run() {
     MICROPYPATH=".frozen:$root:$root/lib" exec "$root/$VENV/bin/micropython" "$root/main.py"
 }
 
-# Board commands: tools/deploy.py (flash, deploy, repl, logs) and tools/board.py.
-cmd_board_tool() {
-    cmd_setup
-    exec "$VENV/bin/python" -m tools.deploy "$@"
-}
-
-cmd_board() {
-    cmd_setup
-    exec "$VENV/bin/python" -m tools.board "$@"
-}
 
 main() {
     local cmd="${1:-help}"
@@ -167,11 +155,11 @@ main() {
     case "$cmd" in
         setup) cmd_setup ;;
         test)  cmd_test "$@" ;;
-        cloud) cmd_cloud "$@" ;;
-        sim)   cmd_sim "$@" ;;
+        cloud) cmd_tool realer "$@" ;;
+        sim)   cmd_tool sim "$@" ;;
         run)   cmd_run "$@" ;;
-        flash|deploy|repl|logs) cmd_board_tool "$cmd" "$@" ;;
-        board) cmd_board "$@" ;;
+        flash|deploy|repl|logs) cmd_tool deploy "$cmd" "$@" ;;  # tools/deploy.py
+        board) cmd_tool board "$@" ;;  # tools/board.py: the virtual board
         help|-h|--help) usage ;;
         *)
             echo "deploy: unknown command: $cmd" >&2

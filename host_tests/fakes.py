@@ -130,3 +130,12 @@ def exists(path):
         return True
     except OSError:
         return False
+
+
+def raises(exc, fn, *args):
+    """The exception `fn(*args)` raised, which must be an `exc`; else AssertionError."""
+    try:
+        r = fn(*args)
+    except exc as e:
+        return e
+    raise AssertionError("no %s for %r (got %r)" % (exc.__name__, args, r))

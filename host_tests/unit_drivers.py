@@ -9,17 +9,9 @@ from firmware import compat
 from firmware.io.drivers import DHT, DS18B20, Analog, DigitalIn, PWMOut, Relay
 from fakepins import (FakeADC, FakeClock, FakeDHT, FakeDS18X20, FakePin, FakePlainPin,
                       FakePWM, OneWireError)
-from fakes import run
+from fakes import raises as _raises, run
 
 compat._quiet = True
-
-
-def _raises(exc, fn, *args):
-    try:
-        r = fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("no %s for %r (got %r)" % (exc.__name__, args, r))
 
 
 def _changes(d, times):

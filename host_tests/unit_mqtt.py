@@ -4,7 +4,7 @@ Fixture-free: runs under pytest (CPython) and on the unix port (mp_runner.py).
 """
 import asyncio
 
-from fakes import FakeStream, run
+from fakes import FakeStream, raises as _raises, run
 from firmware import compat
 from firmware.compat import ticks_diff, ticks_ms, wait_for_ms
 from firmware.net import mqtt
@@ -34,14 +34,6 @@ async def _closed_by(data, **kw):
     await wait_for_ms(c.down.wait(), 1000)
     await asyncio.sleep(0.01)  # the loop keeps running after the reader closed the link
     return c.reason, got, s
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("no %s" % exc.__name__)
 
 
 async def _araises(exc, aw):

@@ -8,20 +8,13 @@ import json
 from firmware import compat
 from firmware.cloud import realer, realer_boot
 from firmware.compat import ticks_add, ticks_ms
+from fakes import raises as _raises
 
 compat._quiet = True
 
 DID = "dsr_73ab9d85c62a7f7042427c84bc"
 EXP = "2026-11-21T21:09:26.371Z"
 EXP_MS = 1795295366371  # 21:02:46 is 1795294966 s; + 6 min 40 s + .371
-
-
-def _raises(exc, fn, *args):
-    try:
-        fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("no %s from %r" % (exc.__name__, args))
 
 
 def _desired(**kw):

@@ -8,7 +8,7 @@ import time
 from firmware import compat
 from firmware.io.wiring import build
 from firmware.routes import CommandRoute, SensorRoute
-from fakes import FakeRelay, exists as _exists, rmtree as _rmtree, tmpdir as _tmpdir
+from fakes import FakeRelay, exists as _exists, raises as _raises, rmtree as _rmtree, tmpdir as _tmpdir
 
 compat._quiet = True
 
@@ -21,14 +21,6 @@ def _read(p):
 def _write(p, text):
     with open(p, "w") as f:
         f.write(text)
-
-
-def _raises(exc, fn, *args):
-    try:
-        r = fn(*args)
-    except exc as e:
-        return e
-    raise AssertionError("no %s for %r (got %r)" % (exc.__name__, args, r))
 
 
 class FakeSensor:
