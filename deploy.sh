@@ -44,6 +44,8 @@ commands:
                      follow the board's console; --reset restarts the firmware first
   board start|stop|status --flash DIR [--port N]
                      the virtual board: the unix port behind socat on 127.0.0.1:N, DIR as flash
+  bench [args]       run setup, then the benchmarks (python -m bench): the firmware on the unix port
+                     against the local Realer cloud; writes bench/results/latest.md and latest.json
   help               show this text
 EOF
 }
@@ -160,6 +162,7 @@ main() {
         run)   cmd_run "$@" ;;
         flash|deploy|repl|logs) cmd_tool deploy "$cmd" "$@" ;;  # tools/deploy.py
         board) cmd_tool board "$@" ;;  # tools/board.py: the virtual board
+        bench) cmd_setup; exec "$VENV/bin/python" -m bench "$@" ;;  # bench/: not a tools.* module
         help|-h|--help) usage ;;
         *)
             echo "deploy: unknown command: $cmd" >&2

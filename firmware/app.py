@@ -9,7 +9,8 @@ import gc
 from firmware.compat import log, unload
 
 _KEEP = ("dialect", "api_url", "device_id", "client_id", "client_secret", "ca", "scopes",
-         "client_auth", "keepalive", "routes", "wifi_ssid", "wifi_password", "log_level")
+         "client_auth", "keepalive", "routes", "wifi_ssid", "wifi_password", "log_level",
+         "outbox_capacity", "outbox_when_full", "outbox_spill")
 
 
 GATEWAY = None  # the running Gateway, for firmware.debug at the REPL

@@ -57,15 +57,15 @@ _COMMON = ("name", "driver")
 # driver -> its own route keys (besides name and driver)
 _DRIVERS = {
     "virtual_sensor": ("interval", "deadband", "min_interval"),
-    "virtual_relay": ("safe",),
+    "virtual_relay": ("safe", "lease"),
     "digital_in": ("pin", "debounce_ms", "invert", "pull", "interval"),
     "analog": ("pin", "atten_db", "samples", "scale", "offset", "decimals", "deadband",
                "min_interval", "interval"),
     "dht11": ("pin", "field", "interval"),
     "dht22": ("pin", "field", "interval"),
     "ds18b20": ("pin", "interval"),
-    "relay": ("pin", "active", "safe", "restore", "group", "max_on"),
-    "pwm": ("pin", "freq", "min", "max", "safe"),
+    "relay": ("pin", "active", "safe", "restore", "group", "max_on", "lease"),
+    "pwm": ("pin", "freq", "min", "max", "safe", "lease"),
 }
 # key -> (check, default, what); a default of _REQ means the key must be given
 _REQ = object()
@@ -102,7 +102,7 @@ _RANGES = {
     "pin": (0, 48, True), "debounce_ms": (0, 10000, True), "samples": (1, 64, True),
     "decimals": (0, 6, True), "freq": (1, 40000, True),
     "interval": (0.05, 86400, False), "min_interval": (0, 86400, False),
-    "deadband": (0, 1e9, False), "max_on": (0, 86400, False),
+    "deadband": (0, 1e9, False), "max_on": (0, 86400, False), "lease": (0, 86400, False),
     "scale": (-1e9, 1e9, False), "offset": (-1e9, 1e9, False),
     "min": (-1e9, 1e9, False), "max": (-1e9, 1e9, False),
 }
@@ -110,7 +110,7 @@ _DEFAULTS = {
     "pin": _REQ, "field": _REQ, "debounce_ms": 50, "invert": False, "pull": None,
     "interval": 10, "min_interval": 0, "deadband": 0, "atten_db": 11, "samples": 8, "scale": 1.0,
     "offset": 0.0, "decimals": 2, "active": "high", "restore": "off", "group": None,
-    "max_on": 0, "freq": 1000, "min": 0, "max": 100,
+    "max_on": 0, "lease": 0, "freq": 1000, "min": 0, "max": 100,
 }
 
 
@@ -283,6 +283,21 @@ class Config:
         if not _is_int(v) or not 10 <= v <= 3600:
             raise ConfigError("mqtt.keepalive", "must be an integer 10..3600 (seconds)")
         self.keepalive = v
+
+        ob = _section(raw, "outbox", "outbox", False)
+        v = ob.get("capacity", 64)
+        if not _is_int(v) or not 4 <= v <= 1024:
+            raise ConfigError("outbox.capacity", "must be a whole number within 4..1024")
+        self.outbox_capacity = v
+        v = ob.get("when_full", "drop_oldest_sample")
+        if v not in ("drop_oldest_sample", "drop_newest_sample"):
+            raise ConfigError("outbox.when_full", "must be drop_oldest_sample or drop_newest_sample"
+                              " (a command ack is never dropped while a sample can go)")
+        self.outbox_when_full = v
+        v = ob.get("spill", True)
+        if v is not True and v is not False:
+            raise ConfigError("outbox.spill", "must be true or false")
+        self.outbox_spill = v
 
         v = raw.get("log_level", "info")
         if v not in _LEVELS or not isinstance(v, str):

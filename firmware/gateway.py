@@ -23,6 +23,9 @@ _WATCH_MS = const(200)
 _SEEN_MAX = const(16)
 _WDT_MS = const(30000)
 _FLUSH_MS = const(5000)
+_BREAKER = const(3)  # authentication failures in a row that open the circuit
+_BREAKER_MS = const(300000)  # then 5 min between tries, doubling up to an hour
+_BREAKER_CAP_MS = const(3600000)
 
 
 def _why(e):
@@ -34,13 +37,18 @@ class Gateway:
     def __init__(self, cfg, store, routes, root="."):
         self.cfg = cfg
         self.root = root
-        self.started = ticks_ms()
+        self.started = self._down_since = ticks_ms()
         self._healthy = False
         self.store = store
         self.routes = routes
         self.ctx = tls.context(cfg.ca)
         self.cloud = realer.Realer(cfg, self.ctx)
-        self.outbox = _outbox.Outbox()
+        self.outbox = _outbox.Outbox(cfg.outbox_capacity, when_full=cfg.outbox_when_full,
+                                     spill_path=root + "/outbox.dat" if cfg.outbox_spill else None)
+        n = self.outbox.load()
+        if n:
+            log("outbox", "%d unacknowledged events from before the restart, same message_ids" % n)
+        self._spilled = n > 0
         self.mqtt = _mqtt.MQTTClient(self._on_message, keepalive=cfg.keepalive, max_packet=4096)
         self.link_up = asyncio.Event()
         self.link_down = asyncio.Event()
@@ -71,6 +79,7 @@ class Gateway:
         """Sensors into the outbox; relay pulses timed out; relay levels saved (write-behind)."""
         sensors = [r for r in self.routes.values() if r.kind == "sensor"]
         pulsed = [r for r in self.routes.values() if r.kind == "command" and hasattr(r.driver, "tick")]
+        leased = [r for r in self.routes.values() if r.kind == "command" and r.lease_ms]
         flush_at = ticks_ms()
         while not self.stopping:
             for r in sensors:
@@ -83,13 +92,44 @@ class Gateway:
                 if r.driver.tick():
                     log("relay", "%s: max on-time reached, switched off" % r.name)
                     self.report(r, r.value())
+            for r in leased:
+                self._lease(r)
             if ticks_diff(ticks_ms(), flush_at) >= 0:
                 flush_at = ticks_add(ticks_ms(), _FLUSH_MS)
-                try:
-                    self.store.flush()
-                except OSError as e:
-                    log("store", "flush failed: %s" % e)
+                self._persist()
             await asyncio.sleep(_SAMPLE_MS / 1000)
+
+    def _persist(self):
+        """Write-behind: relay levels, and the outbox while offline or an ack is overdue."""
+        try:
+            self.store.flush()
+        except OSError as e:
+            log("store", "flush failed: %s" % e)
+        ob = self.outbox
+        offline = not self.link_up.is_set()
+        if ob.spill_path and ob.dirty and (self._spilled or offline or ob.overdue()):
+            try:
+                ob.spill()
+                self._spilled = len(ob) > 0
+            except OSError as e:
+                log("outbox", "spill failed: %s" % e)
+
+    def _lease(self, r):
+        """A leased command route goes to its safe level when the cloud has been out of reach
+        for its lease, or when the command that set it has run out of its window."""
+        if r.value() == r.safe_level:
+            return
+        now = ticks_ms()
+        why = None
+        if r.valid_until is not None and ticks_diff(now, r.valid_until) >= 0:
+            why = "the command's window has passed"
+        elif self.link_down.is_set() and ticks_diff(now, self._down_since) >= r.lease_ms:
+            why = "no cloud for %d s" % (r.lease_ms // 1000)
+        if why:
+            r.make_safe()
+            r.valid_until = None
+            log("relay", "%s: back to its safe level (%s)" % (r.name, why))
+            self.report(r, r.value())  # a local change: sent once the cloud is back
 
     def apply(self, route, value):
         """Drive a command route; report every other route an interlock switched off."""
@@ -191,6 +231,8 @@ class Gateway:
             try:
                 value = route.check(d["value"])
                 self.apply(route, value)
+                if route.lease_ms:
+                    route.valid_until = ticks_add(now, d["valid_for_seconds"] * 1000)
                 status, value = "applied", route.value()
             except ValueError as e:
                 log("desired", "%s: value %r refused (%s)" % (route.name, d["value"], e))
@@ -205,9 +247,15 @@ class Gateway:
 
     # --- the supervisor ----------------------------------------------------
     async def supervisor(self):
-        backoff = Backoff()
+        """Bootstrap -> session -> run, and back. Each stage (token, catalog, credential,
+        mqtt) backs off on its own, with full jitter; a session that came up resets them.
+        Authentication failures (HTTP 401/403, CONNACK 4/5) open a circuit breaker after
+        _BREAKER in a row: minutes between tries, never a tight loop on a revoked device."""
         cloud = self.cloud
+        stages = {}
+        self.auth_failures = 0
         while not self.stopping:
+            stage, retry_after = "mqtt", None
             try:
                 self._stage = "HTTPS " + cloud.api
                 await cloud.ensure_token()
@@ -220,25 +268,34 @@ class Gateway:
                 cloud.done()
                 gc.collect()
                 await self.session()
-                backoff.reset()
                 continue
             except realer.CloudError as e:
                 log("bootstrap", "%s" % e)
+                stage, retry_after = e.stage, e.retry_after
                 if e.auth:
                     cloud.forget_auth()
-                delay = backoff.next_ms(e.retry_after)
+                    self.auth_failures += 1
             except _mqtt.MQTTRefused as e:
                 log("mqtt", "CONNECT refused (code %d): asking for a new credential" % e.code)
                 cloud.cred = None
-                delay = backoff.next_ms()
+                if e.code in (4, 5):  # bad user name or password / not authorised
+                    self.auth_failures += 1
             except ValueError as e:  # MicroPython reports TLS failures as ValueError
                 log("tls", "refused: %s (%s)" % (_why(e), self._stage))
-                delay = backoff.next_ms()
             except (OSError, EOFError) as e:
                 log("link", "%s: %s (%s)" % (type(e).__name__, _why(e), self._stage))
-                delay = backoff.next_ms()
+            if self.link_up.is_set():  # the session had come up: every stage starts afresh
+                stages = {}
             self._link(False)
-            log("supervisor", "retrying in %d.%01d s" % (delay // 1000, delay % 1000 // 100))
+            b = stages.get(stage)
+            if b is None:
+                b = stages[stage] = Backoff()
+            delay = b.next_ms(retry_after)
+            if self.auth_failures >= _BREAKER:
+                hold = min(_BREAKER_CAP_MS, _BREAKER_MS << min(self.auth_failures - _BREAKER, 5))
+                delay = max(delay, hold)
+                log("supervisor", "circuit open: %d authentication failures in a row" % self.auth_failures)
+            log("supervisor", "%s: retrying in %d.%01d s" % (stage, delay // 1000, delay % 1000 // 100))
             await asyncio.sleep(delay / 1000)
 
     def _bind_catalog(self):
@@ -268,6 +325,8 @@ class Gateway:
             self.link_down.clear()
             self.link_up.set()
         else:
+            if not self.link_down.is_set():
+                self._down_since = ticks_ms()
             self.link_up.clear()
             self.link_down.set()
 
@@ -288,6 +347,7 @@ class Gateway:
         self.outbox.requeue([id(v[1]) for v in self.mqtt.inflight.values()])
         await self.mqtt.resend_inflight()
         self._link(True)
+        self.auth_failures = 0
         self.work.set()
         while not self.stopping:
             if self.mqtt.down.is_set():
@@ -355,7 +415,5 @@ class Gateway:
             await wait_for_ms(self.cloud.revoke(), timeout_ms)
         except (realer.CloudError, OSError, ValueError, asyncio.TimeoutError) as e:
             log("shutdown", "revoke failed: %s" % e)
-        try:
-            self.store.flush()
-        except OSError as e:
-            log("store", "flush failed: %s" % e)
+        self._spilled = True  # leaving: keep what is not acknowledged
+        self._persist()

@@ -35,6 +35,10 @@ class CommandRoute:
         self.id = route_id
         self.name = cfg.get("name", route_id)
         self.safe_level = cfg.get("safe", False)
+        # Fail-safe lease: back to the safe level when the cloud has been out of reach
+        # this long, or when the applied command's window has passed (0: no lease).
+        self.lease_ms = int(cfg.get("lease", 0) * 1000)
+        self.valid_until = None
         self.driver = driver  # already at its safe level
         self.value_type = value_type
         self.lo, self.hi = lo, hi

@@ -95,7 +95,8 @@ def test_full_example_loads():
         assert sorted(c.routes) == sorted([_TEMP, _RELAY])
         assert c.routes[_TEMP] == {"name": "temperature", "driver": "virtual_sensor",
                                    "interval": 5, "deadband": 0.2, "min_interval": 0}
-        assert c.routes[_RELAY] == {"name": "relay", "driver": "virtual_relay", "safe": False}
+        assert c.routes[_RELAY] == {"name": "relay", "driver": "virtual_relay", "safe": False,
+                                    "lease": 0}
         assert "s3cret" not in repr(c)
     finally:
         _rmtree(d)
@@ -116,7 +117,8 @@ def test_defaults_and_forward_compatible_top_level():
         assert c.wifi_ssid is None and c.wifi_password is None
         assert c.routes[_TEMP] == {"name": _TEMP, "driver": "virtual_sensor", "interval": 10,
                                    "deadband": 0, "min_interval": 0}
-        assert c.routes[_RELAY] == {"name": _RELAY, "driver": "virtual_relay", "safe": False}
+        assert c.routes[_RELAY] == {"name": _RELAY, "driver": "virtual_relay", "safe": False,
+                                    "lease": 0}
     finally:
         compat._quiet = False
         _rmtree(d)

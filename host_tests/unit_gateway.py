@@ -314,3 +314,38 @@ def test_catalog_cannot_widen_what_the_driver_takes():
     gw2.cloud.catalog = _Cat({"r-relay": {"type": "integer", "min": 0, "max": 100}})
     gw2._bind_catalog()
     assert route2.value_type == "boolean" and route2.lo is None
+
+
+def _leased(lease_ms):
+    gw, route, relay = _gateway(level=False)
+    route.lease_ms = lease_ms
+    gw.link_down = asyncio.Event()
+    gw._down_since = ticks_ms()
+    return gw, route, relay
+
+
+def test_lease_safe_after_the_cloud_is_gone_for_the_lease():
+    gw, route, relay = _leased(1000)
+    route.apply(True)
+    gw._lease(route)  # link up (down event clear): nothing happens
+    assert relay.level is True and len(gw.outbox) == 0
+    gw.link_down.set()
+    gw._down_since = ticks_add(ticks_ms(), -500)
+    gw._lease(route)
+    assert relay.level is True  # down for 0.5 s of a 1 s lease
+    gw._down_since = ticks_add(ticks_ms(), -1000)
+    gw._lease(route)
+    assert relay.level is False
+    d = json.loads(gw.outbox.entries[0].payload)
+    assert d["value"] is False and "desired_id" not in d  # reported as a local change
+
+
+def test_lease_safe_when_the_command_window_passes():
+    gw, route, relay = _leased(60000)
+    gw._on_desired(route, _desired(seq=1, value=True, valid_for=30))
+    assert relay.level is True and route.valid_until is not None
+    gw._lease(route)
+    assert relay.level is True
+    route.valid_until = ticks_add(ticks_ms(), -1)
+    gw._lease(route)
+    assert relay.level is False and route.valid_until is None

@@ -190,10 +190,13 @@ def test_capacity_never_evicts_an_ack_while_a_sample_remains():
     ob.add("s-1", "r-temp", b"s1")  # the newest, but the only sample
     ob.add("a-3", "r-relay", b"a3", True)
     assert _mids(ob.entries) == ["a-1", "a-2", "a-3"]
-    ob.add("a-4", "r-relay", b"a4", True)  # only acks left: the oldest goes
-    assert _mids(ob.entries) == ["a-2", "a-3", "a-4"]
-    assert ob.evicted == 2
-    assert len(ob) == 3
+    ob.add("a-4", "r-relay", b"a4", True)  # only acks left: kept, over capacity
+    assert _mids(ob.entries) == ["a-1", "a-2", "a-3", "a-4"]
+    assert ob.evicted == 1
+    for i in range(5, 9):
+        ob.add("a-%d" % i, "r-relay", b"a", True)
+    assert len(ob) == 6 and _mids(ob.entries)[0] == "a-3"  # at twice the capacity the oldest goes
+    assert ob.evicted == 3
 
 
 def test_capacity_keeps_length_bounded():
@@ -204,3 +207,49 @@ def test_capacity_keeps_length_bounded():
     assert _mids(ob.entries) == ["m-16", "m-17", "m-18", "m-19"]
     assert sorted(ob.by_mid) == sorted(["m-16", "m-17", "m-18", "m-19"])
     assert ob.evicted == 16
+
+
+def test_when_full_drop_newest_sample_refuses_the_new_one():
+    ob = Outbox(capacity=2, when_full="drop_newest_sample")
+    ob.add("s-1", "r", b"1")
+    ob.add("s-2", "r", b"2")
+    assert ob.add("s-3", "r", b"3") is None
+    assert _mids(ob.entries) == ["s-1", "s-2"] and ob.evicted == 1
+    ob.add("a-1", "r", b"a", True)  # an ack still gets in: the oldest sample goes
+    assert _mids(ob.entries) == ["s-2", "a-1"]
+
+
+def test_spill_and_load_keep_ids_bytes_and_order():
+    from fakes import exists, rmtree, tmpdir
+    d = tmpdir()
+    try:
+        path = d + "/outbox.dat"
+        ob = Outbox(spill_path=path)
+        ob.add("e-1", "r-temp", b'{"message_id": "e-1", "value": 1}')
+        ob.add("e-2", "r-relay", b'{"message_id": "e-2", "value": true, "desired_id": "d"}', True)
+        ob.add("e-3", "r-temp", b'{"message_id": "e-3", "value": 3}')
+        ob.ack("e-3", "accepted", False)
+        assert ob.dirty
+        ob.spill()
+        assert not ob.dirty and ob.spills == 1 and exists(path) and not exists(path + ".tmp")
+        with open(path, "ab") as f:
+            f.write(b"r-temp\t0\t{\"message_id\": \"e-9")  # a torn last line
+        again = Outbox(spill_path=path)
+        assert again.load() == 2
+        assert _mids(again.entries) == ["e-1", "e-2"]
+        assert again.entries[1].is_ack and again.entries[0].payload == ob.entries[0].payload
+        again.ack("e-1", "accepted", False)
+        again.ack("e-2", "replayed", False)
+        again.spill()  # nothing left: the file goes
+        assert not exists(path)
+        assert Outbox(spill_path=path).load() == 0
+    finally:
+        rmtree(d)
+
+
+def test_overdue_only_after_the_ack_timeout():
+    ob = Outbox(ack_timeout_ms=1000)
+    e = ob.add("e-1", "r", b"x")
+    ob.sent(e, now=0)
+    assert not ob.overdue(now=999)
+    assert ob.overdue(now=1000)

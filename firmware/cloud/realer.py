@@ -136,8 +136,29 @@ def parse_ack(payload):
     return mid, status, d.get("retryable") is True, etype
 
 
+_MAX_BRACKETS = 16  # a real desired message has one: the object itself
+
+
+def _brackets(payload):
+    """How many [ and { (inside strings too): a cheap bound taken before parsing."""
+    if isinstance(payload, str):
+        return payload.count("[") + payload.count("{")
+    if isinstance(payload, (bytes, bytearray)):
+        return payload.count(b"[") + payload.count(b"{")
+    n = 0
+    for b in payload:  # a memoryview: no count(), and a copy is what it avoids
+        if b == 91 or b == 123:
+            n += 1
+    return n
+
+
 def parse_desired(payload):
     """A desired-state message as a dict, or raise ValueError naming the problem."""
+    # One 4 KB packet holds ~2000 nested arrays: json.loads then needs ~75 bytes of
+    # heap per level (a MemoryError on a 64 KB heap) and printing the value recurses
+    # past the stack (RuntimeError). Neither is a ValueError; refuse before parsing.
+    if _brackets(payload) > _MAX_BRACKETS:
+        raise ValueError("nested too deep (more than %d brackets)" % _MAX_BRACKETS)
     try:
         d = json.loads(payload)
     except (ValueError, UnicodeError):
