@@ -58,15 +58,19 @@ class Firmware:
         self.proc = subprocess.Popen(cmd + [main], cwd=self.flash, env=env, text=True,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
-        threading.Thread(target=self._pump, daemon=True).start()
+        # The pump gets this run's pipe, list and queue: after a restart, the old run's
+        # pump must not feed (or end) the new run's queue.
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines, self._q),
+                         daemon=True).start()
         return self
 
-    def _pump(self):
-        for line in self.proc.stdout:
+    @staticmethod
+    def _pump(stream, lines, q):
+        for line in stream:
             line = line.rstrip("\n")
-            self.lines.append(line)
-            self._q.put(line)
-        self._q.put(None)
+            lines.append(line)
+            q.put(line)
+        q.put(None)
 
     def wait_log(self, pattern, timeout=30):
         """The first new log line matching regex `pattern` (waits up to `timeout` s)."""
