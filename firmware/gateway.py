@@ -56,7 +56,8 @@ class Gateway:
         self.work = asyncio.Event()
         self.stopping = False
         self._topics = {}  # MQTT topic -> (kind, route)
-        self._seen = {}  # desired_id -> ticks_ms first seen
+        self._seen = {}  # the last _SEEN_MAX desired_ids answered -> order of arrival
+        self._nseen = 0
         self.sessions = 0
         self._stage = ""
 
@@ -174,9 +175,18 @@ class Gateway:
     # --- messages from the broker ------------------------------------------
     def _on_message(self, topic, payload):
         kind, route = self._topics.get(topic, (None, None))
+        cat = self.cloud.catalog
+        if kind and cat and len(payload) > cat.max_payload:
+            # The catalog's max_payload_bytes holds both ways: refused before parsing, since
+            # parsing a big message needs a big free block, which a small heap may not have.
+            log(kind, "%s: refused message (%d bytes > max_payload_bytes %d)%s" % (
+                route.name if route else "ack", len(payload), cat.max_payload,
+                "; relay unchanged" if route else ""))
+            return
         if kind == "ack":
             self._on_ack(payload)
         elif kind == "desired":
+            gc.collect()  # a command is rare and may be big: parse it on a tidy heap
             self._on_desired(route, payload)
         else:
             log("mqtt", "message on unexpected topic %s ignored" % topic)
@@ -217,15 +227,21 @@ class Gateway:
             log("desired", "%s: sequence %d <= last handled %d, ignored" % (route.name, seq, last))
             return
         now = ticks_ms()
-        first = self._seen.get(did)
-        if first is None:
-            if len(self._seen) >= _SEEN_MAX:
-                self._seen.pop(next(iter(self._seen)))
-            self._seen[did] = first = now
+        if did in self._seen:
+            # A desired_id already answered, reused with a higher sequence: the cloud would
+            # refuse a second answer, so applying it would move the relay behind its back.
+            self._sequence(route, seq)
+            log("desired", "%s: desired_id %s already answered; seq=%d refused, relay unchanged"
+                % (route.name, did, seq))
+            return
+        seen = self._seen
+        if len(seen) >= _SEEN_MAX:  # forget the oldest (dicts are unordered on MicroPython)
+            seen.pop(min(seen, key=seen.get))
+        self._nseen += 1
+        seen[did] = self._nseen
         server_now = self.cloud.server_now_ms()
         exp = d["expires_ms"]
-        if ticks_diff(now, first) > d["valid_for_seconds"] * 1000 or (
-                server_now is not None and exp is not None and server_now > exp):
+        if server_now is not None and exp is not None and server_now > exp:
             status, value = "stale", route.value()
         else:
             try:
@@ -237,13 +253,16 @@ class Gateway:
             except ValueError as e:
                 log("desired", "%s: value %r refused (%s)" % (route.name, d["value"], e))
                 status, value = "rejected", route.value()
+        self._sequence(route, seq)
+        self.report(route, value, did, status)
+        log("desired", "%s seq=%d value=%s -> %s (now %s) desired_id=%s" % (
+            route.name, seq, d["value"], status, value, did))
+
+    def _sequence(self, route, seq):
         try:
             self.store.set_sequence(route.id, seq)
         except OSError as e:
             log("store", "sequence not saved: %s" % e)
-        self.report(route, value, did, status)
-        log("desired", "%s seq=%d value=%s -> %s (now %s) desired_id=%s" % (
-            route.name, seq, d["value"], status, value, did))
 
     # --- the supervisor ----------------------------------------------------
     async def supervisor(self):

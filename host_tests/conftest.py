@@ -36,3 +36,12 @@ def own_cloud(tmp_path):
     yield start
     for c in started:
         c.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The fault suite's figures (fault_report.record) into build/fault-report.{json,md}."""
+    import fault_report
+    path = fault_report.write()
+    if path:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            "fault report: %s" % os.path.relpath(path, os.path.dirname(HERE)))

@@ -52,6 +52,14 @@ class FakeStream:
         self.buf = self.buf[n:]
         return out
 
+    async def readinto(self, buf):
+        """Like MicroPython's Stream.readinto: what is there (at least 1 byte), 0 at EOF."""
+        await self._wait(1)
+        n = min(len(buf), len(self.buf))
+        buf[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
     async def read(self, n=-1):
         await self._wait(1)
         if n < 0:

@@ -64,7 +64,7 @@ def _gateway(value_type="boolean", lo=None, hi=None, level=False, server_now=Non
     gw.cloud = FakeCloud(server_now)
     gw.outbox = Outbox()
     gw.work = asyncio.Event()
-    gw._seen = {}
+    gw._seen, gw._nseen = {}, 0
     gw._healthy = True  # boot.healthy() is not this test's concern
     return gw, route, relay
 
@@ -163,13 +163,15 @@ def test_without_expires_at_fresh_is_applied():
     assert "report_status" not in _queued(gw)[0]
 
 
-def test_window_measured_from_first_receipt_is_stale():
-    gw, route, relay = _gateway(server_now=None)
-    gw._seen["dsr_late"] = ticks_add(ticks_ms(), -31000)  # first seen 31 s ago, 30 s window
-    gw._on_desired(route, _desired(seq=1, value=True, did="dsr_late", valid_for=30))
-    assert relay.sets == []
-    q = _queued(gw)
-    assert q[0]["report_status"] == "stale" and q[0]["value"] is False
+def test_reused_desired_id_is_refused_and_not_answered_again():
+    gw, route, relay = _gateway(level=False)
+    gw._on_desired(route, _desired(seq=1, value=True, did="dsr_once"))
+    gw._on_desired(route, _desired(seq=2, value=False, did="dsr_once"))
+    assert relay.sets == [True]
+    assert [q.get("desired_id") for q in _queued(gw)] == ["dsr_once"]
+    assert gw.store.set_calls == [("r-relay", 1), ("r-relay", 2)]  # not looked at again
+    gw._on_desired(route, _desired(seq=3, value=False, did="dsr_new"))
+    assert relay.sets == [True, False]
 
 
 def test_bad_value_is_rejected_with_current_value():
@@ -225,11 +227,26 @@ def test_hostile_payloads_change_nothing():
         assert gw._seen == {}, raw
 
 
+def test_payload_over_the_catalogs_max_is_refused_unparsed():
+    gw, route, relay = _gateway()
+    cat = type("Cat", (), {})()
+    cat.max_payload = 300
+    gw.cloud.catalog = cat
+    gw._topics = {"t/desired": ("desired", route)}
+    fit = _desired(seq=1, value=True, pad="x" * (300 - len(_desired(seq=1, value=True, pad=""))))
+    big = _desired(seq=2, value=False, pad="x" * 300)
+    gw._on_message("t/desired", memoryview(bytearray(big)))
+    assert relay.sets == [] and len(gw.outbox) == 0 and gw.store.set_calls == []
+    assert len(fit) == 300
+    gw._on_message("t/desired", memoryview(bytearray(fit)))
+    assert relay.sets == [True]
+
+
 def test_seen_table_stays_bounded():
     gw, route, relay = _gateway()
     for i in range(40):
         gw._on_desired(route, _desired(seq=i + 1, value=bool(i % 2), did="dsr_%d" % i))
-    assert len(gw._seen) <= 16, len(gw._seen)
+    assert sorted(gw._seen) == sorted("dsr_%d" % i for i in range(24, 40))  # the newest 16
     assert len(gw.outbox) == 40
     assert gw.store.seq["r-relay"] == 40
 

@@ -21,7 +21,8 @@ def _pub(topic, payload, qos=0, pid=0, dup=False):
 
 async def _connected(stream=None, **kw):
     got = []
-    c = MQTTClient(lambda t, p: got.append((t, p)), **kw)
+    # the payload is a view of the client's receive buffer, valid during the call: copy it
+    c = MQTTClient(lambda t, p: got.append((t, bytes(p))), **kw)
     s = stream or FakeStream(CONNACK)
     await c.connect(s, s, "gw1", None, None, timeout_ms=500)
     return c, s, got
@@ -255,9 +256,9 @@ def test_on_message_error_means_no_puback():
         c, s, got = await _connected()
 
         def handler(topic, payload):
-            if payload == b"bad":
+            if bytes(payload) == b"bad":
                 raise ValueError("cannot handle")
-            got.append(payload)
+            got.append(bytes(payload))
         c.on_message = handler
         s.feed(_pub("t", b"bad", 1, 3) + _pub("t", b"ok", 1, 4))
         await asyncio.sleep(0.05)

@@ -123,9 +123,17 @@ def feed_payload(message_id, value, at, desired_id=None, report_status=None):
     return json.dumps(d).encode()
 
 
+def _loads(payload):
+    # MicroPython parses the MQTT client's memoryview in place; CPython (unit tests) wants bytes.
+    try:
+        return json.loads(payload)
+    except TypeError:
+        return json.loads(bytes(payload))
+
+
 def parse_ack(payload):
     """(message_id, status, retryable, error_type) or raise ValueError."""
-    d = json.loads(payload)
+    d = _loads(payload)
     if not isinstance(d, dict):
         raise ValueError("ack is not an object")
     mid, status = d.get("message_id"), d.get("status")
@@ -160,7 +168,7 @@ def parse_desired(payload):
     if _brackets(payload) > _MAX_BRACKETS:
         raise ValueError("nested too deep (more than %d brackets)" % _MAX_BRACKETS)
     try:
-        d = json.loads(payload)
+        d = _loads(payload)
     except (ValueError, UnicodeError):
         raise ValueError("not JSON") from None
     if not isinstance(d, dict):
@@ -196,32 +204,36 @@ def _days(y, m, d):
 
 def rfc3339_ms(s):
     """Milliseconds since 1970 (an int) from '2026-11-21T21:02:46.123Z' or an offset, or None."""
-    if len(s) < 20 or s[4] != "-" or s[7] != "-" or s[10] not in "Tt" or s[13] != ":" or s[16] != ":":
-        return None
+    # Bytes and slices only: on MicroPython, s[i] and `for c in s` intern every character
+    # they return as a qstr, and a new qstr pool is a permanent 7 KB of heap.
     try:
-        y, mo, d = int(s[0:4]), int(s[5:7]), int(s[8:10])
-        h, mi, sec = int(s[11:13]), int(s[14:16]), int(s[17:19])
+        b = s.encode()
+        if len(b) < 20 or b[4:5] != b"-" or b[7:8] != b"-" or b[10] | 0x20 != 0x74 or b[13:14] != b":" \
+                or b[16:17] != b":":
+            return None
+        y, mo, d = int(b[0:4]), int(b[5:7]), int(b[8:10])
+        h, mi, sec = int(b[11:13]), int(b[14:16]), int(b[17:19])
         if not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and sec < 61):
             return None
         t = ((_days(y, mo, d) * 24 + h) * 60 + mi) * 60 + sec
         ms = 0
-        rest = s[19:]
-        if rest.startswith("."):
+        rest = b[19:]
+        if rest[:1] == b".":
             i = 1
-            while i < len(rest) and rest[i].isdigit():
+            while i < len(rest) and 0x30 <= rest[i] <= 0x39:
                 i += 1
             if i == 1:
                 return None
-            ms = int((rest[1:i] + "00")[:3])
+            ms = int((rest[1:i] + b"00")[:3])
             rest = rest[i:]
-        if rest in ("Z", "z"):
+        if rest == b"Z" or rest == b"z":
             off = 0
-        elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
+        elif len(rest) == 6 and rest[:1] in (b"+", b"-") and rest[3:4] == b":":
             off = int(rest[1:3]) * 3600 + int(rest[4:6]) * 60
-            if rest[0] == "-":
+            if rest[:1] == b"-":
                 off = -off
         else:
             return None
         return (t - off) * 1000 + ms
-    except ValueError:
+    except (ValueError, UnicodeError):
         return None

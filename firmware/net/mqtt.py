@@ -136,6 +136,10 @@ class MQTTClient:
         self.on_message = on_message
         self.keepalive = keepalive
         self.max_packet = max_packet
+        # Every incoming packet is read into this one buffer and handed on as a memoryview:
+        # a 4 KB packet then costs no 4 KB allocation (plus a payload copy), which a
+        # fragmented 64 KB heap cannot always find.
+        self._rbuf = memoryview(bytearray(max_packet))
         self.puback_timeout_ms = puback_timeout_ms
         self.name = name
         self.up = asyncio.Event()
@@ -327,7 +331,13 @@ class MQTTClient:
                 self._rx = ticks_ms()
                 if n > self.max_packet:  # before reading: a hostile length costs nothing
                     return self.close("packet too large")
-                body = await r.readexactly(n) if n else b""
+                body = self._rbuf[:n]
+                got = 0
+                while got < n:
+                    k = await r.readinto(body[got:])
+                    if not k:
+                        raise EOFError
+                    got += k
                 self._rx = ticks_ms()
                 why = await self._handle(kind, body)
                 if why:
@@ -338,7 +348,9 @@ class MQTTClient:
             self.close("read failed: %s" % (e,))
 
     async def _handle(self, kind, body):
-        """None when the packet was fine, else why the link must close."""
+        """None when the packet was fine, else why the link must close. `body` is a view
+        of the receive buffer: on_message gets a view of the payload, valid only during
+        the call (parse it; do not keep it)."""
         n = len(body)
         t = kind & 0xF0
         if t == _PUBLISH:
@@ -354,7 +366,7 @@ class MQTTClient:
                 if not pid:
                     return "malformed publish"
             try:
-                topic = body[2:i].decode()
+                topic = str(body[2:i], "utf-8")
             except ValueError:  # UnicodeError on both runtimes
                 return "bad topic"
             try:
