@@ -25,6 +25,22 @@ def cloud(_shared_cloud):
 
 
 @pytest.fixture
+def fw(cloud, tmp_path):
+    """fw(**kw) -> a Firmware (not started) with its own flash folder; fw(c, ...) for another
+    cloud. Every one made is stopped after the test."""
+    from firmware_harness import Firmware
+    started = []
+
+    def make(c=None, **kw):
+        f = Firmware(c or cloud, tmp_path / ("flash%d" % len(started)), **kw)
+        started.append(f)
+        return f
+    yield make
+    for f in started:
+        f.stop()
+
+
+@pytest.fixture
 def own_cloud(tmp_path):
     """A cloud of the test's own (for restarts, short lifetimes, signals)."""
     started = []

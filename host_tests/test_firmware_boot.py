@@ -3,20 +3,6 @@ import os
 
 import pytest
 
-from firmware_harness import Firmware
-
-
-@pytest.fixture
-def fw(cloud, tmp_path):
-    started = []
-
-    def make():
-        f = Firmware(cloud, tmp_path / ("flash%d" % len(started)))
-        started.append(f)
-        return f
-    yield make
-    for f in started:
-        f.stop()
 
 
 def _count(f):

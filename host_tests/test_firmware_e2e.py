@@ -9,20 +9,6 @@ import time
 
 import pytest
 
-from firmware_harness import Firmware
-
-
-@pytest.fixture
-def fw(cloud, tmp_path):
-    started = []
-
-    def make(c=None, **kw):
-        f = Firmware(c or cloud, tmp_path / ("flash%d" % len(started)), **kw)
-        started.append(f)
-        return f
-    yield make
-    for f in started:
-        f.stop()
 
 
 def _effects(cloud, mids):

@@ -6,23 +6,9 @@ import time
 
 import pytest
 
-from firmware_harness import Firmware
 from realer_harness import free_port
 
 pytestmark = pytest.mark.fault
-
-
-@pytest.fixture
-def fw(cloud, tmp_path):
-    started = []
-
-    def make(**kw):
-        f = Firmware(cloud, tmp_path / ("flash%d" % len(started)), **kw)
-        started.append(f)
-        return f
-    yield make
-    for f in started:
-        f.stop()
 
 
 def test_offline_events_survive_a_power_cut_and_drain_with_their_message_ids(cloud, fw):
