@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+import fault_report
 from firmware_harness import Firmware
 
 pytestmark = pytest.mark.fault
@@ -345,6 +346,9 @@ def test_hostile_desired_payloads(cloud, tmp_path, heap):
         _sound(f)
         assert state["cases"] >= 30, state["cases"]
         print("hostile desired cases (heap %s): %d in %.1f s" % (heap, state["cases"], time.monotonic() - t_start))
+        fault_report.record("hostile desired payloads (heap %s)" % (heap or "default"), faults=state["cases"],
+                            crashes=0, applied_twice=0, answered=len(answered),
+                            notes="relay moved only for valid commands; every owed answer in the ledger once")
     finally:
         f.stop()
 
@@ -422,6 +426,9 @@ def test_hostile_https_answers_on_bootstrap(cloud, tmp_path, endpoint):
             t = [_t(x) for x in f.lines if re.search(_fault_line(endpoint, kind), x)]
             assert t and t[0] >= STALL_S - 1, f.log()
     print("%s: gaps between the failed and the next good answer: %s" % (endpoint, gaps))
+    fault_report.record("hostile HTTPS answers on %s" % endpoint, faults=len(gaps), crashes=0,
+                        recover_s=max(gaps.values()),
+                        notes="401 403 429 500 503 garbage huge stall; relay safe until connected")
 
 
 def test_persistent_fault_backs_off_until_cleared(cloud, tmp_path):

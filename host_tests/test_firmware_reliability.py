@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+import fault_report
 from realer_harness import free_port
 
 pytestmark = pytest.mark.fault
@@ -46,6 +47,8 @@ def test_offline_events_survive_a_power_cut_and_drain_with_their_message_ids(clo
     assert list(dict.fromkeys(order)) == mids
     time.sleep(6)  # all acked: the spill file goes at the next write-behind
     assert not os.path.exists(os.path.join(f.flash, "outbox.dat"))
+    fault_report.record("offline events through a power cut", faults=1, sent=len(mids), lost=0,
+                        applied_twice=0, crashes=0, notes="spilled to flash, drained in order, same message_ids")
 
 
 def test_a_leased_relay_goes_safe_when_its_command_window_passes(cloud, fw):
@@ -75,3 +78,5 @@ def test_repeated_authentication_failures_open_the_circuit(cloud, fw):
     delay = float(line.split("retrying in ")[1].split()[0])
     assert delay >= 300, line  # minutes between tries, not a tight loop
     assert f.proc.poll() is None
+    fault_report.record("token refused (401) every time", faults=3, crashes=0, next_try_s=delay,
+                        notes="circuit breaker: 3 failures, then minutes between tries")

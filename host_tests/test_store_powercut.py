@@ -14,6 +14,7 @@ import shutil
 import pytest
 
 import mp
+import fault_report
 
 SCRIPT = os.path.join(mp.HERE, "mp_store_powercut.py")
 HEAP = "32M"  # a few 256 KB flash images at a time
@@ -50,6 +51,9 @@ def test_power_cut_at_every_flash_op_mounts_and_state_is_valid():
     for seen in ("seen_tmp_torn", "seen_tmp_whole", "seen_tmp_taken",
                  "seen_seq_in_flight_old", "seen_seq_in_flight_new", "seen_fresh_epoch"):
         assert _num(res, seen) > 0, (seen, out)
+    fault_report.record("power cut at every LittleFS program/erase", faults=int(_num(res, "cuts_tested")),
+                        crashes=0, invalid_states=int(_num(res, "invariant_failures")),
+                        notes="VfsLfs2 on a block device that stops mid-op; no message_id reused")
 
 
 def test_flash_wear_per_1000_message_ids():
@@ -68,6 +72,9 @@ def test_flash_wear_per_1000_message_ids():
     assert _num(res, "seq_write_erases") <= 2, out
     assert _num(res, "free_blocks") >= 250, out
     assert _num(res, "lifetime_years") >= 20, out
+    fault_report.record("flash wear per 1000 message_ids", erases=_num(res, "erases_per_1000"),
+                        programs=_num(res, "progs_per_1000"), lifetime_years_1msg_s=_num(res, "lifetime_years"),
+                        notes="1 MB LittleFS, 100k cycles per sector")
 
 
 _OPEN_TMP = 'f = open(self._tmp, "wb")'
