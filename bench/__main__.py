@@ -1,7 +1,7 @@
 """``./deploy.sh bench``: measure the gateway firmware on the unix port against the local
 Realer cloud over TLS; write bench/results/latest.md and latest.json.
 
-    python -m bench [--stream 40] [--commands 50] [--burst 1000] [--raw 2000] [--skip-heap]
+    python -m bench [--stream 300] [--commands 50] [--burst 1000] [--raw 2000] [--skip-heap]
 
 Every figure is reported beside its baseline measured in the same run. Nothing here
 passes or fails: a benchmark reports. The cloud and every firmware run use free ports
@@ -16,6 +16,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import httpx
 
 from bench import baseline, heap, report, session
 from bench.common import BENCH, Cloud, Firmware, micropython, say
@@ -49,10 +51,13 @@ def build_mpy(out):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
-    p.add_argument("--stream", type=float, default=40, help="seconds per heap probe (default 40)")
+    p.add_argument("--stream", type=float, default=300, help="seconds per heap probe (default 300)")
+    p.add_argument("--heap-mpy", default="120:160", help="heap grid for .mpy, K from:to (8K steps)")
+    p.add_argument("--heap-py", default="136:176", help="heap grid for .py, K from:to (8K steps)")
     p.add_argument("--commands", type=int, default=50, help="relay commands for the latency")
     p.add_argument("--burst", type=int, default=1000, help="readings in the acked burst")
-    p.add_argument("--raw", type=int, default=2000, help="raw QoS 1 publishes")
+    p.add_argument("--raw", type=int, default=2000, help="raw QoS 1 publishes (and umqtt.simple with TCP_NODELAY)")
+    p.add_argument("--umqtt-nagle", type=int, default=200, help="umqtt.simple publishes with Nagle on")
     p.add_argument("--skip-heap", action="store_true", help="no heap search (a quick look)")
     p.add_argument("--out", default=os.path.join(BENCH, "results"))
     a = p.parse_args(argv)
@@ -76,6 +81,16 @@ def main(argv=None):
             res["idle_lag"]["p99_us"], res["idle_lag"]["max_us"]))
         res["raw"] = baseline.raw_publish(cloud, "c", a.raw, "mpy", mpy, os.path.join(tmp, "raw"))
         say("raw QoS 1 publish + PUBACK in sequence: %.0f msg/s" % res["raw"]["rate"])
+        res["umqtt"] = {}
+        for nodelay, n in ((False, a.umqtt_nagle), (True, a.raw)):
+            key = "nodelay" if nodelay else "nagle"
+            try:
+                res["umqtt"][key] = baseline.umqtt_publish(cloud, "c", n, os.path.join(tmp, "umqtt-" + key),
+                                                           nodelay)
+                say("stock umqtt.simple 1.3.4, %s: %.0f msg/s" % (key, res["umqtt"][key]["rate"]))
+            except (OSError, ValueError, RuntimeError, httpx.HTTPError) as e:
+                res["umqtt"][key] = {"error": str(e)[:300]}
+                say("stock umqtt.simple, %s: not measured (%s)" % (key, str(e)[:200]))
         res["boot_cpython"] = baseline.cpython_boot(cloud, "d")
         res["boot_py"] = session.boot_only(Firmware(cloud, "c", os.path.join(tmp, "flash-bootpy"), "py"))
         say("boot to first ack as .py: %.3f s; CPython httpx+paho: %.3f s" % (
@@ -83,13 +98,18 @@ def main(argv=None):
 
         if not a.skip_heap:
             res["heap"] = {}
+            spare = iter("efghijklmnop")
 
-            def one(form, device):
-                found, probes = heap.search(cloud, device, os.path.join(tmp, "heap"), form, mpy,
-                                            a.stream, log=say)
-                res["heap"][form] = {"min_k": found, "probes": probes}
-            threads = [threading.Thread(target=one, args=("py", "c")),
-                       threading.Thread(target=one, args=("mpy", "d"))]
+            def one(form, spec):
+                lo, hi = (int(x) for x in spec.split(":"))
+                sizes = list(range(lo, hi + 1, 8))
+                devices = [next(spare) for _ in sizes]
+                found, probes = heap.grid(cloud, devices, os.path.join(tmp, "heap"), form, mpy, sizes,
+                                          a.stream, log=say)
+                res["heap"][form] = {"min_k": found, "probes": probes, "grid": [lo, hi]}
+            say("heap: %s .mpy and %s .py probes at once, %.0f s each" % (a.heap_mpy, a.heap_py, a.stream))
+            threads = [threading.Thread(target=one, args=("mpy", a.heap_mpy)),
+                       threading.Thread(target=one, args=("py", a.heap_py))]
             for t in threads:
                 t.start()
             for t in threads:

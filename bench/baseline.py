@@ -98,23 +98,62 @@ def cpython_boot(cloud, device):
             "connect": t2 - t1, "first_ack": t3 - t2, "total": t3 - t0}
 
 
-def raw_publish(cloud, device, n, form, mpy_dir, folder):
-    """The raw loop (bench/mp/bench_raw.py) on the unix port: messages per second."""
+def raw_publish(cloud, device, n, form, mpy_dir, folder, wrapper="bench_raw", extra_path=(), **opts):
+    """A publish loop on the unix port (bench/mp/<wrapper>.py, reading <wrapper>.json):
+    messages per second. bench_raw: the firmware's own MQTTClient; bench_umqtt: stock
+    umqtt.simple (extra_path holds it; opts: nodelay)."""
     _, catalog, cred = bootstrap(cloud, device)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "raw.json"), "w") as f:
-        json.dump({"ca": cloud.info["ca_der"], "host": "localhost", "port": cloud.mqtt_port,
-                   "client_id": cred["mqtt_client_id"], "username": cred["mqtt_username"],
-                   "password": cred["mqtt_credential"], "topic": feed_topic(catalog, "temperature"),
-                   "prefix": "raw%d" % int(time.time()), "n": n}, f)
+    conf = {"ca": cloud.info["ca_der"], "host": "localhost", "port": cloud.mqtt_port,
+            "client_id": cred["mqtt_client_id"], "username": cred["mqtt_username"],
+            "password": cred["mqtt_credential"], "topic": feed_topic(catalog, "temperature"),
+            "prefix": "%s%d" % (wrapper, int(time.time() * 1000)), "n": n}
+    conf.update(opts)
+    with open(os.path.join(folder, wrapper[6:] + ".json"), "w") as f:
+        json.dump(conf, f)
     with open(os.path.join(folder, "raw_main.py"), "w") as f:
-        f.write("import bench_raw\n")
-    path = ":".join((".frozen", mpy_dir) if form == "mpy" else (
-        ".frozen", ROOT, os.path.join(ROOT, "lib"), os.path.join(BENCH, "mp")))
+        f.write("import %s\n" % wrapper)
+    path = ":".join(((".frozen", mpy_dir) if form == "mpy" else (
+        ".frozen", ROOT, os.path.join(ROOT, "lib"), os.path.join(BENCH, "mp"))) + tuple(extra_path))
     r = subprocess.run([micropython(), "raw_main.py"], cwd=folder, capture_output=True, text=True,
-                       env=dict(os.environ, MICROPYPATH=path), timeout=120)
+                       env=dict(os.environ, MICROPYPATH=path), timeout=300)
     for line in r.stdout.splitlines():
         if line.startswith("bench: {"):
             d = json.loads(line[7:])
             return {"n": d["raw_n"], "seconds": d["raw_us"] / 1e6, "rate": d["raw_n"] / (d["raw_us"] / 1e6)}
-    raise RuntimeError("raw publisher failed:\n%s%s" % (r.stdout[-2000:], r.stderr[-2000:]))
+    raise RuntimeError("%s failed:\n%s%s" % (wrapper, r.stdout[-2000:], r.stderr[-2000:]))
+
+
+# Stock umqtt.simple as a user gets it from PyPI (the newest there: 1.3.4, 2018; the ESP32
+# firmware freezes 1.7.0, whose publish path is the same: header, topic, packet id and
+# payload in separate writes, then a blocking read until PUBACK). Fetched at bench time
+# into build/ (git-ignored), checked against its sha256, never committed.
+UMQTT_URL = ("https://files.pythonhosted.org/packages/bd/cf/697e3418b2f44222b3e848078b1e33ee76aedca9b6c2"
+             "430ca1b1aec1ce1d/micropython-umqtt.simple-1.3.4.tar.gz")
+UMQTT_SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f"
+
+
+def fetch_umqtt(cache=os.path.join(ROOT, "build", "bench-cache")):
+    """The folder holding umqtt/simple.py (downloaded once), or raise OSError/ValueError."""
+    import hashlib
+    import io
+    import tarfile
+    out = os.path.join(cache, "umqtt-1.3.4")
+    if os.path.exists(os.path.join(out, "umqtt", "simple.py")):
+        return out
+    data = httpx.get(UMQTT_URL, timeout=30, follow_redirects=True).raise_for_status().content
+    if hashlib.sha256(data).hexdigest() != UMQTT_SHA256:
+        raise ValueError("umqtt.simple download does not match its sha256")
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        m = next(m for m in t.getmembers() if m.name.endswith("/umqtt/simple.py"))
+        src = t.extractfile(m).read()
+    os.makedirs(os.path.join(out, "umqtt"), exist_ok=True)
+    with open(os.path.join(out, "umqtt", "simple.py"), "wb") as f:
+        f.write(src)
+    return out
+
+
+def umqtt_publish(cloud, device, n, folder, nodelay):
+    """Stock umqtt.simple on the unix port, QoS 1 in sequence, TLS (bench/mp/ussl.py)."""
+    return raw_publish(cloud, device, n, "py", None, folder, wrapper="bench_umqtt",
+                       extra_path=(fetch_umqtt(),), nodelay=nodelay)

@@ -27,8 +27,25 @@ BENCH = os.path.join(ROOT, "bench")
 FLEET = os.path.join(BENCH, "fleet.json")
 ALL_SCOPES = ("iot:catalog:read iot:mqtt:connect iot:mqtt:ack:read "
               "iot:mqtt:feed-data:write iot:mqtt:desired:read")
-# bench/fleet.json: four gateways of 8 routes (6 sensors, 2 boolean commands).
-DEVICES = {"a": 20001, "b": 20002, "c": 20003, "d": 20004}
+# bench/fleet.json: four gateways of 8 routes (6 sensors, 2 boolean commands), "a".."d";
+# fleet() adds copies of "a" as "e".."p" for the heap probes that run side by side.
+DEVICES = {L: 20001 + i for i, L in enumerate("abcdefghijklmnop")}
+
+
+def fleet(path):
+    """bench/fleet.json with gateways "e".."p" (copies of "a") added; written to `path`."""
+    with open(FLEET) as f:
+        d = json.load(f)
+    a, ca = d["devices"][0], d["clients"][0]
+    for L in "efghijklmnop":
+        dev = json.loads(json.dumps(a).replace("rte_a", "rte_" + L).replace("bencha", "bench" + L)
+                         .replace('"bench-a"', '"bench-%s"' % L))
+        dev["id"] = DEVICES[L]
+        d["devices"].append(dev)
+        d["clients"].append(dict(ca, client_id="bench-" + L, device_id=DEVICES[L]))
+    with open(path, "w") as f:
+        json.dump(d, f)
+    return path
 SENSORS = {"temperature": (10, 40), "humidity": (20, 80), "pressure": (950, 1050),
            "voltage": (10, 14), "door": None, "motion": None}
 COMMANDS = ("relay", "fan")
@@ -62,11 +79,13 @@ class Cloud:
     def __init__(self, state):
         self.state = state
         self.http_port, self.mqtt_port = free_port(), free_port()
+        os.makedirs(state, exist_ok=True)
+        fleet_file = fleet(os.path.join(os.path.dirname(os.path.abspath(state)), "fleet.json"))
         self.lines = queue.Queue()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tools.realer", "--state", state, "serve", "--quiet",
              "--http-port", str(self.http_port), "--mqtt-port", str(self.mqtt_port),
-             "--fleet", FLEET],
+             "--fleet", fleet_file],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         self.output = []

@@ -1,5 +1,6 @@
-"""The smallest `-X heapsize` that runs the whole gateway through a stream: a binary search
-over 96K..256K in 8 KB steps, for one firmware form (.py or .mpy), on its own device.
+"""The smallest `-X heapsize` that runs the whole gateway through a stream (5 minutes by
+default): a grid of heap sizes in 8 KB steps, every size at once, each on its own gateway
+(bench/common.fleet adds them), for one firmware form (.py or .mpy).
 
 A probe passes when the firmware connects, runs `stream_s` seconds of readings (all six
 sensors every second) and relay commands (every 5 s) with no MemoryError or traceback,
@@ -11,7 +12,6 @@ import time
 
 from bench.common import Firmware, Stimulus
 
-SIZES_K = list(range(96, 257, 8))
 
 
 def probe(cloud, device, flash, form, mpy_dir, heap_k, stream_s):
@@ -72,18 +72,26 @@ def _why(fw, default):
     return default + ("" if fw.alive() else " (exit %s)" % fw.proc.poll())
 
 
-def search(cloud, device, folder, form, mpy_dir, stream_s, log=print):
-    """Binary search; returns (smallest passing heap in K or None, every probe)."""
-    probes = []
-    lo, hi = -1, len(SIZES_K)  # SIZES_K[lo] fails, SIZES_K[hi] passes (both assumed at the ends)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        r = probe(cloud, device, os.path.join(folder, "%s-%dK" % (form, SIZES_K[mid])), form,
-                  mpy_dir, SIZES_K[mid], stream_s)
-        probes.append(r)
-        log("heap %-3s %4dK: %s" % (form, SIZES_K[mid], "runs" if r["ok"] else "fails: " + r["why"]))
-        if r["ok"]:
-            hi = mid
-        else:
-            lo = mid
-    return (SIZES_K[hi] if hi < len(SIZES_K) else None), probes
+def grid(cloud, devices, folder, form, mpy_dir, sizes_k, stream_s, log=print):
+    """Probe every size in `sizes_k` at the same time (one thread and gateway each);
+    returns (smallest passing size in K or None, every probe in size order). A size
+    below a failing one is not trusted: the figure is the smallest size from which
+    every larger size in the grid passed."""
+    import threading
+    probes = {}
+
+    def one(k, device):
+        r = probe(cloud, device, os.path.join(folder, "%s-%dK" % (form, k)), form, mpy_dir, k, stream_s)
+        probes[k] = r
+        log("heap %-3s %4dK: %s" % (form, k, "runs" if r["ok"] else "fails: " + r["why"]))
+    threads = [threading.Thread(target=one, args=(k, d)) for k, d in zip(sizes_k, devices)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    found = None
+    for k in sorted(sizes_k, reverse=True):
+        if not probes[k]["ok"]:
+            break
+        found = k
+    return found, [probes[k] for k in sorted(probes)]

@@ -14,6 +14,14 @@ def _dist(d, f=_ms):
                                                   ": p99 is the max" if d["n"] < 100 else "")
 
 
+def _rate(d):
+    if not d:
+        return "not run"
+    if "error" in d:
+        return "not measured (%s)" % d["error"][:120]
+    return "**%.0f msg/s** (%d in %.2f s)" % (d["rate"], d["n"], d["seconds"])
+
+
 def _lag(d):
     return "p99 %s · max %s (p50 %s, n=%d)" % (_us(d["p99_us"]), _us(d["max_us"]), _us(d["p50_us"]), d["n"])
 
@@ -22,8 +30,11 @@ def _heap(h, form):
     r = (h or {}).get(form)
     if r is None:
         return "not run"
+    lo, hi = r.get("grid", (None, 256))
     if r["min_k"] is None:
-        return "> 256K (no probe passed)"
+        return "> %dK (the grid's largest failed)" % hi
+    if r["min_k"] == lo:
+        return "**≤ %dK** (the grid's smallest passed)" % lo
     return "**%dK**" % r["min_k"]
 
 
@@ -66,10 +77,12 @@ def markdown(res):
     w("")
     w("| figure | ugate firmware | baseline (same run) | notes |")
     w("|---|---|---|---|")
-    w("| smallest `-X heapsize` running the whole gateway (%.0f s stream per probe, not 5 min) "
-      "| .mpy: %s | .py: %s | 8 routes, TLS session, outbox; readings on all 6 sensors every second,"
-      " a relay command every 5 s; binary search 96K..256K in 8K steps. Probes: .mpy %s; .py %s |"
-      % (stream, _heap(h, "mpy"), _heap(h, "py"), _probes(h, "mpy"), _probes(h, "py")))
+    w("| smallest `-X heapsize` running the whole gateway through a %s stream | .mpy: %s | .py: %s "
+      "| 8 routes, TLS session, outbox; readings on all 6 sensors every second, a relay command every"
+      " 5 s; every size of the grid (8K steps) runs at once on its own gateway; the figure is the"
+      " smallest size from which every larger one passed. Probes: .mpy %s; .py %s |"
+      % ("%.0f-minute" % (stream / 60) if stream >= 60 else "%.0f s" % stream,
+         _heap(h, "mpy"), _heap(h, "py"), _probes(h, "mpy"), _probes(h, "py")))
     w("| peak live heap at that size (after `gc.collect()`, every 5 s) | .mpy: %s | .py: %s "
       "| sampled, so a peak between samples can be missed |"
       % (_heap_mem(h, "mpy", "live"), _heap_mem(h, "py", "live")))
@@ -80,10 +93,16 @@ def markdown(res):
       "(%d acked in %.2f s, %d dropped) | raw QoS 1 publish → PUBACK in sequence, firmware's own "
       "`MQTTClient`, same runtime and broker, TLS: **%.0f msg/s** (%d in %.2f s) | the firmware's figure"
       " is the application ack (cloud validation + SQLite ledger + ack publish), up to %s in flight,"
-      " with one log line per publish and per ack; the raw loop waits for PUBACK only. "
-      "`umqtt.simple`: **not measured** (not in this unix port build, no network to install it)|"
+      " with one log line per publish and per ack; the raw loop waits for PUBACK only |"
       % (burst["n"], rate, burst["n"], burst["settled_ms"] / 1000, burst["dropped"], raw["rate"],
          raw["n"], raw["seconds"], "8 (catalog `max_inflight_messages`)"))
+    um = res.get("umqtt") or {}
+    w("| QoS 1 publishes per second, one at a time | firmware's `MQTTClient` (raw loop above): "
+      "**%.0f msg/s** | stock `umqtt.simple` 1.3.4 (PyPI), same runtime, broker and verified TLS: "
+      "%s with Nagle (as shipped), %s with TCP_NODELAY | umqtt.simple writes each packet in 4 "
+      "pieces and blocks in `publish()` until PUBACK; with Nagle on, each publish waits for the "
+      "peer's delayed ACK. TLS for it comes from `bench/mp/ussl.py` (the `ussl` it imports no longer "
+      "exists) |" % (raw["rate"], _rate(um.get("nagle")), _rate(um.get("nodelay"))))
     w("| desired → virtual relay changed | %s | — | t0 = the cloud's ledger `published_at` (just "
       "before its MQTT publish); relay file polled every 1 ms |" % _dist(lat["relay"]))
     w("| desired → command ack at the cloud | %s | broker's own publish → subscribe (paho "
