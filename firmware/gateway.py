@@ -274,15 +274,19 @@ class Gateway:
         stages = {}
         self.auth_failures = 0
         while not self.stopping:
-            stage, retry_after = "mqtt", None
+            retry_after = None
             try:
                 self._stage = "HTTPS " + cloud.api
+                stage = "token"  # the backoff a timeout or TLS failure counts against
                 await cloud.ensure_token()
                 if cloud.catalog is None:
+                    stage = "catalog"
                     await cloud.fetch_catalog()
                     self._bind_catalog()
                 if cloud.cred is None or not cloud.cred.usable(ticks_ms()):
+                    stage = "credential"
                     await cloud.fetch_credential()
+                stage = "mqtt"
                 self._stage = "MQTT %s:%d" % (cloud.catalog.host, cloud.catalog.port)
                 cloud.done()
                 gc.collect()

@@ -370,7 +370,8 @@ def _fault_line(endpoint, kind):
         return r"link: HTTPError: content-length \d+ over %d bytes \(HTTPS https://" % MAX_BODY
     if kind == "garbage":
         # 200 with bytes that are not JSON; the credential call wants 201, so its line says 200.
-        return (r"bootstrap: credential: HTTP 200 " if endpoint == "credentials"
+        return (r"bootstrap: credential: HTTP 200 \(expected 201; the answer names no error\)"
+                if endpoint == "credentials"
                 else r"bootstrap: %s: HTTP 200 answer is not JSON" % stage)
     raise ValueError(kind)
 
@@ -393,7 +394,8 @@ def _run_fault(cloud, flash, endpoint, kind):
         order = ["token", "catalog", "credentials"]
         for ep in order[:order.index(endpoint)]:
             assert any(re.search(_STAGE[ep][1], x) for x in f.lines[:i]), (endpoint, kind, f.log())
-        j, retry = _wait(f, i, r"supervisor: .*retrying in (\d+\.\d) s", 5)
+        # The backoff that counts the failure is the failing stage's, timeouts included.
+        j, retry = _wait(f, i, r"supervisor: %s: retrying in (\d+\.\d) s" % _STAGE[endpoint][0], 5)
         delay = float(re.search(r"retrying in (\d+\.\d) s", retry).group(1))
         k, ok = _wait(f, j, _STAGE[endpoint][1], 20)
         assert f.output("relay") is False

@@ -27,11 +27,13 @@ async def _call(r, stage, method, path, headers, body, ok):
             # Date has whole seconds: the server's clock is somewhere in [t, t + 1).
             r.server = (t * 1000 + 500, ticks_ms())
     if resp.status != ok:
-        err = "error"
+        err = None
         try:
-            err = resp.json().get("error", err)
+            err = resp.json().get("error")
         except (ValueError, AttributeError):
             pass
+        if not isinstance(err, str) or not err:
+            err = "(expected %d; the answer names no error)" % ok
         ra = resp.header("retry-after")
         raise CloudError(stage, resp.status, err, int(ra) if ra and ra.isdigit() else None)
     try:
