@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 VENV=".venv"
 REQUIREMENTS="requirements.txt"
 REQ_STAMP="$VENV/.requirements.sha256"
-APT_PACKAGES=(mosquitto mosquitto-clients socat)
+APT_PACKAGES=(mosquitto mosquitto-clients socat iproute2 iptables)
 
 # On Debian the broker lives in /usr/sbin, which is not on a normal user's PATH.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -21,7 +21,8 @@ usage() {
 usage: ./deploy.sh <command> [args...]
 
 commands:
-  setup              install Debian packages (mosquitto, mosquitto-clients, socat) if missing
+  setup              install Debian packages (mosquitto, mosquitto-clients, socat, iproute2,
+                     iptables) if missing
                      and create/update the Python venv in .venv from requirements.txt
   test [pytest args] run setup, then the host test suite: pytest host_tests [args]
   cloud [args]       run setup, then the local Realer cloud emulator (python -m tools.realer);
@@ -65,6 +66,12 @@ missing_system_deps() {
     command -v mosquitto >/dev/null 2>&1 || echo "mosquitto"
     command -v mosquitto_ctrl >/dev/null 2>&1 || echo "mosquitto_ctrl"
     command -v socat >/dev/null 2>&1 || echo "socat"
+    # The half-open link test (a network namespace, DROP rules in it) runs only as root,
+    # so only root needs them.
+    if [[ "$(id -u)" -eq 0 ]]; then
+        command -v ip >/dev/null 2>&1 || echo "ip"
+        command -v iptables >/dev/null 2>&1 || echo "iptables"
+    fi
     have_dynsec_plugin || echo "mosquitto_dynamic_security.so"
 }
 

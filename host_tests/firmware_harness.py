@@ -6,6 +6,10 @@
     fw.output("relay")                             # virtual/<name>.out
     fw.stop()                                      # SIGINT: intentional shutdown (revoke)
 
+`wrap` prefixes the command, e.g. ["ip", "netns", "exec", "ns1"] to run the
+firmware in another network namespace (it must exec the firmware, so that
+`proc` and its signals are the firmware's own).
+
 The firmware's own log lines are collected in `lines`; every test reads them
 and the cloud's ledger, never the firmware's internals.
 """
@@ -24,11 +28,12 @@ from tools.provision import provision, read_output, write_input
 
 
 class Firmware:
-    def __init__(self, cloud, flash, heap=None, mpy_dir=None, **provision_args):
+    def __init__(self, cloud, flash, heap=None, mpy_dir=None, wrap=(), **provision_args):
         self.cloud = cloud
         self.flash = str(flash)
         self.heap = heap
         self.mpy_dir = mpy_dir
+        self.wrap = list(wrap)
         os.makedirs(self.flash, exist_ok=True)
         self.config = provision(self.flash, cloud.state, **provision_args)
         self.route_ids = {r["name"]: rid for rid, r in self.config["routes"].items()}
@@ -49,7 +54,7 @@ class Firmware:
         """Start (or start again: a reboot) the firmware; `lines` holds this run's log."""
         self.lines = []
         self._q = queue.Queue()
-        cmd = [mp.binary()]
+        cmd = self.wrap + [mp.binary()]
         if self.heap:
             cmd += ["-X", "heapsize=" + self.heap]
         env = dict(os.environ, MICROPYPATH=mp.path() if self.mpy_dir is None else ":".join(

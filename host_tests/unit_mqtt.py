@@ -321,6 +321,21 @@ def test_keepalive_pings_then_declares_silent_link_dead():
     run(t())
 
 
+def test_keepalive_deadline_is_met_between_watchdog_steps():
+    # The last packet arrives between two watchdog steps (250 ms apart at keepalive 1):
+    # the link is declared dead 1.5 x keepalive after it, not at the step after that.
+    async def t():
+        c, s, _ = await _connected(keepalive=1)
+        await asyncio.sleep(0.13)
+        s.feed(b"\xd0\x00")  # a PINGRESP: the last sign of life
+        await asyncio.sleep(0.01)
+        t0 = ticks_ms()
+        await wait_for_ms(c.down.wait(), 2100)
+        dt = ticks_diff(ticks_ms(), t0)
+        assert c.reason == "keepalive timeout" and 1480 <= dt <= 1560, dt
+    run(t())
+
+
 def test_keepalive_answered_pings_keep_link_up():
     async def t():
         c, s, _ = await _connected(keepalive=1)

@@ -400,7 +400,12 @@ class MQTTClient:
         step = max(20, min(1000, ka // 4 if ka else 1000, pa // 4 if pa else 1000))
         half = ka // 2
         while True:
-            await asyncio.sleep(step / 1000)
+            wait = step
+            if ka:  # wake at the keepalive deadline itself, not up to a step after it
+                left = ka + half - ticks_diff(ticks_ms(), self._rx)
+                if left < wait:
+                    wait = max(1, left)
+            await asyncio.sleep(wait / 1000)
             now = ticks_ms()
             if ka and ticks_diff(now, self._rx) >= ka + half:
                 return self.close("keepalive timeout")

@@ -68,6 +68,12 @@ def main(argv=None):
     s.add_argument("--quiet", action="store_true", help="print only the banner")
     s.add_argument("--server-name", action="append",
                    help="issue the server certificate for this name only (hostname-mismatch tests)")
+    s.add_argument("--listen", action="append", default=[], metavar="ADDR",
+                   help="also listen on ADDR (API and broker), besides 127.0.0.1; e.g. a veth address"
+                   " for a device in another network namespace")
+    s.add_argument("--public-host", default="localhost", metavar="HOST",
+                   help="the host in the api_url and broker_url handed out (default localhost);"
+                   " added to the server certificate's names")
     s.add_argument("--broker-url", help="advertise this broker_url in the catalog (e.g. mqtt://... for"
                    " plain-TCP refusal tests); the broker itself stays TLS-only")
 
@@ -105,7 +111,8 @@ def main(argv=None):
                      "hard_ttl": a.hard_ttl, "token_ttl": a.token_ttl}
         try:
             cloud = Cloud(a.state, a.http_port, a.mqtt_port, a.fleet, quiet=a.quiet, lifetimes=lifetimes,
-                          server_names=a.server_name, broker_url=a.broker_url)
+                          server_names=a.server_name, broker_url=a.broker_url, listen=a.listen,
+                          public_host=a.public_host)
             asyncio.run(cloud.run())
         except (OSError, ValueError, RuntimeError) as exc:
             sys.exit("realer: %s" % exc)

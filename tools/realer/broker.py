@@ -69,15 +69,16 @@ def _pdeathsig():
 
 
 class Broker:
-    """mosquitto on 127.0.0.1:`port` with TLS; state in `folder`."""
+    """mosquitto on 127.0.0.1:`port` with TLS (and on each of `also`); state in `folder`."""
 
-    def __init__(self, folder, port, pki, host="127.0.0.1", check_hostname=True):
+    def __init__(self, folder, port, pki, host="127.0.0.1", check_hostname=True, also=()):
         # The emulator's own clients check the chain always, and the name unless the
         # server certificate was made for other names on purpose (mismatch tests).
         self.check_hostname = check_hostname
         self.folder = folder
         self.port = port
         self.host = host
+        self.also = tuple(also)
         self.pki = pki
         self.proc = None
         self.log_path = os.path.join(folder, "mosquitto.log")
@@ -148,12 +149,17 @@ class Broker:
             "set_tcp_nodelay true",
             "max_queued_messages 100000",
             "max_inflight_messages 32",
-            "listener %d %s" % (self.port, self.host),
-            "protocol mqtt",
-            "cafile %s" % self.pki["ca"],
-            "certfile %s" % self.pki["cert"],
-            "keyfile %s" % self.pki["key"],
-            "tls_version tlsv1.2",
+        ]
+        for host in (self.host,) + self.also:  # TLS settings belong to each listener
+            lines += [
+                "listener %d %s" % (self.port, host),
+                "protocol mqtt",
+                "cafile %s" % self.pki["ca"],
+                "certfile %s" % self.pki["cert"],
+                "keyfile %s" % self.pki["key"],
+                "tls_version tlsv1.2",
+            ]
+        lines += [
             "plugin %s" % find_plugin(),
             "plugin_opt_config_file %s" % self.dynsec_path,
         ]

@@ -5,10 +5,12 @@ API, the service and the broker, in that order, and removes ``run.json``.
 """
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 
@@ -23,6 +25,25 @@ DEFAULT_STATE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "state", "realer")
 
 
+def _is_ip(host):
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _listening(host, port):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+    except OSError as exc:
+        s.close()
+        raise OSError("the HTTPS API cannot listen on %s:%d: %s" % (host, port, exc)) from exc
+    return s
+
+
 class _Server(uvicorn.Server):
     # The emulator handles signals itself so that it always stops the broker.
     @contextlib.contextmanager
@@ -33,19 +54,26 @@ class _Server(uvicorn.Server):
 class Cloud:
     def __init__(self, state=DEFAULT_STATE, http_port=8443, mqtt_port=8883, fleet_path=None,
                  host="127.0.0.1", public_host="localhost", quiet=False, lifetimes=None,
-                 server_names=None, broker_url=None):
+                 server_names=None, broker_url=None, listen=()):
         self.state = os.path.abspath(state)
         self.http_port = http_port
         self.mqtt_port = mqtt_port
         self.host = host
+        self.listen = tuple(a for a in listen if a != host)  # more addresses for the API and broker
         self.public_host = public_host
         self.quiet = quiet
         os.makedirs(self.state, exist_ok=True)
         os.chmod(self.state, 0o700)
         if server_names:  # a certificate for other names only (hostname-mismatch tests)
-            self.pki = pki.ensure(os.path.join(self.state, "pki"), tuple(server_names), ())
+            names, ips = tuple(server_names), ()
         else:
-            self.pki = pki.ensure(os.path.join(self.state, "pki"))
+            names, ips = pki.SERVER_NAMES, pki.SERVER_IPS
+        if public_host != "localhost" and public_host not in names + ips:  # it must verify too
+            if _is_ip(public_host):
+                ips += (public_host,)
+            else:
+                names += (public_host,)
+        self.pki = pki.ensure(os.path.join(self.state, "pki"), names, ips)
         self.broker_url = broker_url or "mqtts://%s:%d" % (public_host, mqtt_port)
         self.fleet_path = os.path.abspath(fleet_path or _fleet.DEFAULT_FLEET)
         self.fleet = _fleet.load(self.fleet_path, self.state)
@@ -54,7 +82,7 @@ class Cloud:
         self.faults = Faults()
         self.admin_token = secrets.token_urlsafe(24)
         self.broker = broker.Broker(os.path.join(self.state, "broker"), mqtt_port, self.pki, host,
-                                    check_hostname=not server_names)
+                                    check_hostname=not server_names, also=self.listen)
         self.dynsec = None
         self.app = None
         self.started = time.time()
@@ -137,7 +165,11 @@ class Cloud:
                 ssl_certfile=self.pki["cert"], ssl_keyfile=self.pki["key"], lifespan="off",
                 timeout_graceful_shutdown=1, access_log=False)
             server = _Server(config)
-            serving = asyncio.ensure_future(server.serve())
+            # Extra addresses (another network namespace's way in): uvicorn binds one host
+            # itself, so with more it is handed its sockets, bound here.
+            sockets = [_listening(a, self.http_port) for a in (self.host,) + self.listen
+                       ] if self.listen else None
+            serving = asyncio.ensure_future(server.serve(sockets=sockets))
             while not server.started:
                 if serving.done():
                     serving.result()
