@@ -173,8 +173,6 @@ def test_sigkill_storm_loses_nothing_spilled_and_reuses_no_message_id(own_cloud,
         stream.running.set()
     f.stop()
     elapsed = time.monotonic() - t_start
-    if os.environ.get("UGATE_SIGKILL_DEBUG"):
-        print("\n".join(runs[3]["lines"]))
 
     # --- each reboot: no word about a bad state, no traceback -----------------------------
     for n, r in enumerate(runs):
