@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 VENV=".venv"
 REQUIREMENTS="requirements.txt"
 REQ_STAMP="$VENV/.requirements.sha256"
-APT_PACKAGES=(mosquitto mosquitto-clients socat iproute2 iptables)
+APT_PACKAGES=(mosquitto mosquitto-clients socat libfaketime iproute2 iptables)
 
 # On Debian the broker lives in /usr/sbin, which is not on a normal user's PATH.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -21,9 +21,9 @@ usage() {
 usage: ./deploy.sh <command> [args...]
 
 commands:
-  setup              install Debian packages (mosquitto, mosquitto-clients, socat, iproute2,
-                     iptables) if missing
-                     and create/update the Python venv in .venv from requirements.txt
+  setup              install Debian packages (mosquitto, mosquitto-clients, socat, libfaketime,
+                     iproute2, iptables) if missing, and create/update the Python venv in .venv
+                     from requirements.txt
   test [pytest args] run setup, then the host test suite: pytest host_tests [args]
   cloud [args]       run setup, then the local Realer cloud emulator (python -m tools.realer);
                      no args serves in the foreground; subcommands like desired, fault, status
@@ -73,6 +73,16 @@ missing_system_deps() {
         command -v iptables >/dev/null 2>&1 || echo "iptables"
     fi
     have_dynsec_plugin || echo "mosquitto_dynamic_security.so"
+    have_libfaketime || echo "libfaketime.so.1"
+}
+
+# The wall-clock fault tests (host_tests/test_fault_clock.py) preload it into the firmware.
+have_libfaketime() {
+    local f
+    for f in /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do
+        [[ -e "$f" ]] && return 0
+    done
+    return 1
 }
 
 setup_system_packages() {
