@@ -403,6 +403,12 @@ class Gateway:
             await asyncio.sleep(1)
 
     async def run(self):
+        # Each relay's level at boot (its safe level, or the restored one) goes to the cloud
+        # as a local change: after a power cut the cloud's last command may say otherwise,
+        # and its retained copy is not applied again (its sequence was handled).
+        for r in self.routes.values():
+            if r.kind == "command":
+                self.report(r, r.value())
         from firmware.io import board
         tasks = [asyncio.create_task(self.sampler()), asyncio.create_task(self.sender())]
         wdt = board.watchdog(_WDT_MS)

@@ -1,5 +1,6 @@
 """Never lose data, never misfire a relay: outbox spill across a reboot, relay leases,
 the authentication circuit breaker. The firmware on the unix port against the local cloud."""
+import json
 import os
 import re
 import time
@@ -80,3 +81,30 @@ def test_repeated_authentication_failures_open_the_circuit(cloud, fw):
     assert f.proc.poll() is None
     fault_report.record("token refused (401) every time", faults=3, crashes=0, next_try_s=delay,
                         notes="circuit breaker: 3 failures, then minutes between tries")
+
+
+def test_after_a_power_cut_the_cloud_learns_the_relays_boot_level(cloud, fw):
+    """The relay boots at its safe level (restore "safe", the default); the cloud's last
+    command said on and is not applied again (its sequence was handled), so the firmware
+    reports the boot level as a local change and the cloud's view matches the pin."""
+    f = fw()
+    f.start()
+    f.wait_log(r"mqtt: connected")
+    msg = cloud.desired("relay", True, valid_for=60)
+    f.wait_log(r"seq=%d value=True -> applied" % msg["sequence_number"])
+    assert f.output("relay") is True
+    f.stop(sig=9)  # a power cut
+    rid = f.route_ids["relay"]
+    before = cloud.ledger("SELECT COALESCE(MAX(sequence_number), 0) FROM effects WHERE route_id=?", (rid,))[0][0]
+    f.start()
+    f.wait_log(r"desired: relay: sequence %d <= last handled %d, ignored"
+               % (msg["sequence_number"], msg["sequence_number"]))
+    assert f.output("relay") is False
+    deadline = time.monotonic() + 20
+    while True:  # the cloud's latest word on the relay, from after the reboot
+        rows = cloud.ledger("SELECT value, desired_id FROM effects WHERE route_id=? AND sequence_number>?"
+                            " ORDER BY sequence_number DESC LIMIT 1", (rid, before))
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows and json.loads(rows[0][0]) is False and rows[0][1] is None, rows
