@@ -95,6 +95,13 @@ class Firmware:
             if left <= 0:
                 raise AssertionError("no log line %r within %s s; log:\n%s" % (pattern, timeout, self.log()))
 
+    def wait_answer(self, desired_id, timeout=30):
+        """Wait until the firmware's answer to `desired_id` is acked; returns the ack line.
+        (Other relay messages, such as the boot level, come and go meanwhile.)"""
+        line = self.wait_log(r'publish: \S+ \{.*"desired_id": "%s"' % re.escape(desired_id), timeout)
+        mid = re.search(r'"message_id": "([^"]+)"', line).group(1)
+        return self.wait_log(r"ack: \S+ \w+ message_id=%s " % re.escape(mid), timeout)
+
     def log(self, last=60):
         return "\n".join(self.lines[-last:])
 

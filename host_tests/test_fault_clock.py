@@ -139,7 +139,8 @@ def test_clock_skewed_a_day_at_boot(offset, seconds, clock_cloud, fw, tmp_path, 
     time.sleep(2.2)
     clock = FakeClock(tmp_path, offset)
     f = _firmware(fw, c, tmp_path, monkeypatch, clock)
-    f.wait_log(r"mqtt: connected")
+    # The retained command can come in before the "mqtt: connected" line (it follows the
+    # SUBACK), so this waits for the answer alone.
     f.wait_log(r"desired: relay seq=%d value=True -> stale \(now False\)" % old["sequence_number"])
     assert f.output("relay") is False
     assert _desired_answer(c, old["desired_id"]) == "stale"

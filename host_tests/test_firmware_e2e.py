@@ -47,7 +47,7 @@ def test_desired_command_applied_and_acknowledged(cloud, fw):
     msg = cloud.desired("relay", True, valid_for=30)
     f.wait_log(r"desired: relay seq=%d value=True -> applied" % msg["sequence_number"])
     assert f.output("relay") is True
-    f.wait_log(r"ack: relay accepted")
+    f.wait_answer(msg["desired_id"])
     row = cloud.ledger("SELECT ack_status, ack_value FROM desired WHERE desired_id=?", (msg["desired_id"],))
     assert row == [("applied", "true")]
 
@@ -71,7 +71,7 @@ def test_expired_command_is_answered_stale_and_not_applied(cloud, fw):
     time.sleep(3)
     f.start()
     f.wait_log(r"desired: relay seq=%d value=True -> stale \(now False\)" % msg["sequence_number"])
-    f.wait_log(r"ack: relay accepted")
+    f.wait_answer(msg["desired_id"])
     assert f.output("relay") is False
     assert cloud.ledger("SELECT ack_status, ack_value FROM desired WHERE desired_id=?",
                         (msg["desired_id"],)) == [("stale", "false")]

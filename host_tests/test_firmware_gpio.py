@@ -54,7 +54,7 @@ def test_input_change_is_reported_and_a_command_drives_the_relay(cloud, board):
     msg = cloud.desired("relay", True, valid_for=30)
     f.wait_log(r"desired: relay seq=%d value=True -> applied" % msg["sequence_number"])
     assert _pin(f, "gpio5") == "0"  # on: the active-low pin is pulled low
-    f.wait_log(r"ack: relay accepted")
+    f.wait_answer(msg["desired_id"])
     assert cloud.ledger("SELECT ack_status FROM desired WHERE desired_id=?",
                         (msg["desired_id"],)) == [("applied",)]
 
@@ -65,7 +65,7 @@ def test_reboot_with_restore_last_never_shows_the_wrong_level(cloud, board):
     f.wait_log(r"mqtt: connected")
     msg = cloud.desired("relay", True, valid_for=30)
     f.wait_log(r"seq=%d value=True -> applied" % msg["sequence_number"])
-    f.wait_log(r"ack: relay accepted")
+    f.wait_answer(msg["desired_id"])
     time.sleep(6)  # the level is saved write-behind, within 5 s
     f.stop(sig=9)  # a power cut: no clean shutdown
     log = os.path.join(f.flash, "virtual", "gpio5.log")
