@@ -2,8 +2,8 @@
 
 Safe mode starts the board with relays at their safe level, the network up
 and the REPL usable, and nothing else. It is entered when the BOOT button
-(GPIO0) is held at power-on, or after `CRASHES` boots in a row that never got
-healthy (``healthy()`` is called by the gateway once it has run for a while
+(GPIO0) is held at power-on, or after `CRASHES` resets in a row (not counting a
+power-on, which starts the count afresh) that never got healthy (``healthy()`` is called by the gateway once it has run for a while
 with the cloud answering). The count lives in ``boot.dat`` at the flash root.
 
 WiFi and NTP run as asyncio tasks with backoff and a bounded wait: the loop
@@ -36,8 +36,12 @@ def _store(root, n):
 
 
 def start(root="."):
-    """Count this boot; return the reason for safe mode, or None for a normal start."""
-    n = _count(root) + 1
+    """Count this boot; return the reason for safe mode, or None for a normal start.
+    A power-on starts the count afresh: a power cut (or a user cycling power) is not
+    a crash, and a gateway cut off from its network while the power comes and goes
+    must not end in safe mode."""
+    from firmware.io import board
+    n = 1 if board.powered_on() else _count(root) + 1
     _store(root, n)
     if n > CRASHES:
         return "%d boots in a row did not get healthy" % (n - 1)

@@ -50,8 +50,17 @@ class Firmware:
             json.dump(cfg, f)
         self.config = cfg
 
-    def start(self):
-        """Start (or start again: a reboot) the firmware; `lines` holds this run's log."""
+    def start(self, power_on=False):
+        """Start (or start again: a reboot) the firmware; `lines` holds this run's log.
+        power_on: this boot follows a power cut (the virtual board's reset cause says
+        power-on); otherwise it looks like a reset, as after a crash."""
+        cause = os.path.join(self.flash, "virtual", "reset_cause")
+        if power_on:
+            os.makedirs(os.path.dirname(cause), exist_ok=True)
+            with open(cause, "w") as f:
+                f.write("power")
+        elif os.path.exists(cause):
+            os.remove(cause)
         self.lines = []
         self._q = queue.Queue()
         cmd = self.wrap + [mp.binary()]
@@ -94,6 +103,25 @@ class Firmware:
                 return line
             if left <= 0:
                 raise AssertionError("no log line %r within %s s; log:\n%s" % (pattern, timeout, self.log()))
+
+    def find(self, start, pattern, timeout=10):
+        """(index, line) of the first line of `lines` from index `start` on that matches
+        regex `pattern`, waiting up to `timeout` s (unlike wait_log, earlier lines count)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        i = start
+        while True:
+            while i < len(self.lines):
+                if rx.search(self.lines[i]):
+                    return i, self.lines[i]
+                i += 1
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # let the pump thread collect the last lines
+                raise AssertionError("firmware exited (%s) before %r; log:\n%s" % (
+                    self.proc.poll(), pattern, self.log(80)))
+            if time.monotonic() > deadline:
+                raise AssertionError("no line %r within %s s; log:\n%s" % (pattern, timeout, self.log(60)))
+            time.sleep(0.01)
 
     def wait_answer(self, desired_id, timeout=30):
         """Wait until the firmware's answer to `desired_id` is acked; returns the ack line.

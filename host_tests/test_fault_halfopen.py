@@ -130,21 +130,8 @@ def netns():
 
 def _wait(f, start, pattern, timeout):
     """(index, line, host time seen) of the first line from `start` on matching `pattern`."""
-    rx = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    i = start
-    while True:
-        while i < len(f.lines):
-            if rx.search(f.lines[i]):
-                return i, f.lines[i], time.monotonic()
-            i += 1
-        if f.proc.poll() is not None:
-            time.sleep(0.2)
-            raise AssertionError("firmware exited (%s) before %r; log:\n%s" % (
-                f.proc.poll(), pattern, f.log(80)))
-        if time.monotonic() > deadline:
-            raise AssertionError("no line %r within %s s; log:\n%s" % (pattern, timeout, f.log(60)))
-        time.sleep(0.01)
+    i, line = f.find(start, pattern, timeout)
+    return i, line, time.monotonic()
 
 
 _PUB = re.compile(r'publish: (\S+) \{"message_id": "([^"]+)", "value": ([^,}]+)')

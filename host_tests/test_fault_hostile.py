@@ -43,21 +43,7 @@ def _iso(ts):
 
 def _wait(f, start, pattern, timeout=10):
     """(index, line) of the first line from `start` on that matches `pattern`."""
-    rx = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    i = start
-    while True:
-        while i < len(f.lines):
-            if rx.search(f.lines[i]):
-                return i, f.lines[i]
-            i += 1
-        if f.proc.poll() is not None:
-            time.sleep(0.2)  # let the pump thread collect the last lines
-            raise AssertionError("firmware exited (%s) before %r; log:\n%s" % (
-                f.proc.poll(), pattern, f.log(80)))
-        if time.monotonic() > deadline:
-            raise AssertionError("no line %r within %s s; log:\n%s" % (pattern, timeout, f.log(40)))
-        time.sleep(0.02)
+    return f.find(start, pattern, timeout)
 
 
 def _t(line):

@@ -118,7 +118,7 @@ def test_sigkill_storm_loses_nothing_spilled_and_reuses_no_message_id(own_cloud,
                 cloud.fault("token", status=503)
             stream.step()  # the boot reading is a value no earlier run saw
             t_boot = time.monotonic()
-            f.start()
+            f.start(power_on=i > 0)  # every kill is a power cut: the next boot is a power-on
             stream.running.set()
             run = {"lines": f.lines, "spilled": [], "killed": False, "had_state": True,
                    "offline": offline, "t_boot": t_boot}

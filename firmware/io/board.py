@@ -80,8 +80,14 @@ def watchdog(timeout_ms):
     return None
 
 
-def reset_cause():
-    return machine.reset_cause() if _REAL else 0
+def powered_on():
+    """True when this boot follows a power-on (a power cut is not a firmware crash).
+    The virtual board reads virtual/reset_cause ("power" = power-on), which a test
+    writes before a start that follows a simulated power cut."""
+    if _REAL:
+        return machine.reset_cause() == machine.PWRON_RESET
+    from firmware.io import vpins
+    return vpins.reset_cause() == "power"
 
 
 def wlan():
