@@ -15,7 +15,7 @@ import gc
 from firmware import outbox as _outbox
 from firmware.backoff import Backoff
 from firmware.cloud import realer
-from firmware.compat import const, log, ticks_add, ticks_diff, ticks_ms, unload, utc_iso, wait_for_ms
+from firmware.compat import const, heap, log, ticks_add, ticks_diff, ticks_ms, unload, utc_iso, wait_for_ms
 from firmware.net import mqtt as _mqtt, tls
 
 _SAMPLE_MS = const(250)
@@ -305,6 +305,9 @@ class Gateway:
                     self.auth_failures += 1
             except ValueError as e:  # MicroPython reports TLS failures as ValueError
                 log("tls", "refused: %s (%s)" % (_why(e), self._stage))
+            except MemoryError as e:  # a fragmented heap at a peak: tidy up and try again
+                gc.collect()
+                log("memory", "%s: %s (%s); free %d" % (stage, _why(e), self._stage, heap()[0]))
             except (OSError, EOFError) as e:
                 log("link", "%s: %s (%s)" % (type(e).__name__, _why(e), self._stage))
             if self.link_up.is_set():  # the session had come up: every stage starts afresh

@@ -43,11 +43,6 @@ def _write(name, text):
     os.rename(p + ".tmp", p)
 
 
-def reset_cause():
-    """virtual/reset_cause as written by a test ("power"), or None."""
-    return _read("reset_cause")
-
-
 class Pin:
     IN = 1
     OUT = 3

@@ -138,8 +138,9 @@ class MQTTClient:
         self.max_packet = max_packet
         # Every incoming packet is read into this one buffer and handed on as a memoryview:
         # a 4 KB packet then costs no 4 KB allocation (plus a payload copy), which a
-        # fragmented 64 KB heap cannot always find.
-        self._rbuf = memoryview(bytearray(max_packet))
+        # fragmented 64 KB heap cannot always find. Made at the first connect, after the
+        # bootstrap (the heap's peak) has let go of its memory, and kept.
+        self._rbuf = None
         self.puback_timeout_ms = puback_timeout_ms
         self.name = name
         self.up = asyncio.Event()
@@ -157,6 +158,8 @@ class MQTTClient:
     async def connect(self, reader, writer, client_id, username, password, timeout_ms=15000):
         if self._w is not None:
             self.close("reconnect")
+        if self._rbuf is None:
+            self._rbuf = memoryview(bytearray(self.max_packet))
         self._w = writer
         self.reason = None
         self.down.clear()
