@@ -143,11 +143,9 @@ def markdown(res):
          "`Outbox.spills`: `outbox.dat` rewrites (at most every 5 s while offline or an ack is overdue)"
          if spill else "this firmware's outbox is RAM only: readings beyond its capacity are evicted"))
     w("")
-    w("Loop lag: the idle baseline is the ticker alone with no socket open; in the firmware the p50"
-      " sits near 1.2 ms whenever the loop is idle (0.15 ms under the burst), which points at the"
-      " event loop's millisecond wait granularity, not at work done; p99 and max show blocking."
-      " The latency baseline's subscriber is paho (CPython), the firmware is MicroPython; both read"
-      " the same desired publish path of the emulator's application service.")
+    w("Loop lag: the idle baseline is the ticker alone with no socket open; p99 and max show"
+      " blocking. The latency baseline's subscriber is paho (CPython), the firmware is MicroPython;"
+      " both read the same desired publish path of the emulator's application service.")
     w("")
     errs = s.get("errors") or []
     w("Firmware tracebacks or MemoryErrors in the timing session: %s." % (len(errs) or "none"))
