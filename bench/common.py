@@ -9,8 +9,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import time
 import httpx
 
 from tools import proc
+from tools.proc import free_port, micropython
 from tools.provision import provision, read_output, write_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,17 +48,6 @@ def fleet(path):
 SENSORS = {"temperature": (10, 40), "humidity": (20, 80), "pressure": (950, 1050),
            "voltage": (10, 14), "door": None, "motion": None}
 COMMANDS = ("relay", "fan")
-
-
-def micropython():
-    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
-    return exe if os.path.exists(exe) else shutil.which("micropython")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def say(msg):
@@ -124,11 +112,7 @@ class Cloud:
         return next(d for d in self.info["devices"] if d["device_id"] == DEVICES[device])
 
     def ledger(self, sql, args=()):
-        db = sqlite3.connect("file:%s?mode=ro" % self.info["ledger"], uri=True, timeout=10)
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
+        return proc.ledger(self.info["ledger"], sql, args)
 
     def mosquitto_pid(self):
         """The emulator's mosquitto (a child of the cloud we started), by its config path."""

@@ -1,16 +1,11 @@
 """Run code on the MicroPython unix port from pytest (the `micropython` of the venv)."""
 import os
-import shutil
 import subprocess
-import sys
+
+from tools.proc import micropython as binary  # the venv's micropython
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(ROOT, "host_tests")
-
-
-def binary():
-    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
-    return exe if os.path.exists(exe) else shutil.which("micropython")
 
 
 def path(*extra):

@@ -8,8 +8,6 @@ import json
 import os
 import queue
 import signal
-import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -20,16 +18,11 @@ import httpx
 import paho.mqtt.client as mqtt
 
 from tools import proc
+from tools.proc import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_SCOPES = ("iot:catalog:read iot:mqtt:connect iot:mqtt:ack:read "
               "iot:mqtt:feed-data:write iot:mqtt:desired:read")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RunningCloud:
@@ -123,11 +116,7 @@ class RunningCloud:
         return Device(self, cred, ca or self.ca, connect)
 
     def ledger(self, sql, args=()):
-        db = sqlite3.connect("file:%s?mode=ro" % self.info["ledger"], uri=True, timeout=10)
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
+        return proc.ledger(self.info["ledger"], sql, args)
 
     # --- life cycle ---------------------------------------------------
     def stop(self, sig=signal.SIGTERM, timeout=10):

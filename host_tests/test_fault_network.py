@@ -196,10 +196,16 @@ def _crashes(f):
     return len(bad) + (f.proc.poll() is not None)
 
 
-def _proxy(cloud, port):
+def _through_proxy(own_cloud, fw):
+    """A cloud whose catalog hands out the proxy's port, the proxy (presenting the cloud's
+    own server certificate), and a firmware (not started) for that cloud:
+    (cloud, proxy, firmware, proxy port)."""
+    port = free_port()
+    cloud = own_cloud("--broker-url", "mqtts://localhost:%d" % port)
     pki = os.path.join(cloud.state, "pki")
-    return MqttProxy(port, "localhost", cloud.mqtt_port, os.path.join(pki, "server.pem"),
-                     os.path.join(pki, "server.key"), cloud.ca).start()
+    proxy = MqttProxy(port, "localhost", cloud.mqtt_port, os.path.join(pki, "server.pem"),
+                      os.path.join(pki, "server.key"), cloud.ca).start()
+    return cloud, proxy, _firmware(fw, cloud), port
 
 
 def test_proxy_reads_whole_packets():
@@ -354,10 +360,7 @@ def test_ack_service_silent_for_two_minutes(own_cloud, fw):
 
 def test_dropped_pubacks_resend_with_dup_and_the_same_message_id(own_cloud, fw):
     t_start = time.monotonic()
-    port = free_port()
-    cloud = own_cloud("--broker-url", "mqtts://localhost:%d" % port)
-    proxy = _proxy(cloud, port)
-    f = _firmware(fw, cloud)
+    cloud, proxy, f, port = _through_proxy(own_cloud, fw)
     detect, recover = [], []
     try:
         f.start()
@@ -443,10 +446,7 @@ _ROUNDS = [
 
 def test_links_cut_mid_packet_in_both_directions(own_cloud, fw):
     t_start = time.monotonic()
-    port = free_port()
-    cloud = own_cloud("--broker-url", "mqtts://localhost:%d" % port)
-    proxy = _proxy(cloud, port)
-    f = _firmware(fw, cloud)
+    cloud, proxy, f, port = _through_proxy(own_cloud, fw)
     detect, recover, desired = [], [], []
     level = False
     try:

@@ -27,20 +27,11 @@ import subprocess
 import sys
 import time
 
+from tools.proc import free_port, micropython
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATE_FILE = ".board.json"
 LOG_FILE = ".board.log"
-
-
-def micropython():
-    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
-    return exe if os.path.exists(exe) else shutil.which("micropython")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port, timeout=0.3):

