@@ -50,6 +50,9 @@ class Gateway:
             log("outbox", "%d unacknowledged events from before the restart, same message_ids" % n)
         self._spilled = n > 0
         self.mqtt = _mqtt.MQTTClient(self._on_message, keepalive=cfg.keepalive, max_packet=4096)
+        # Its receive buffer now, while the heap is whole: made after the bootstrap it could
+        # find no 4 KB in one piece (objects kept from the bootstrap's peak lie scattered).
+        self.mqtt.reserve()
         self.link_up = asyncio.Event()
         self.link_down = asyncio.Event()
         self.link_down.set()
@@ -239,8 +242,10 @@ class Gateway:
             seen.pop(min(seen, key=seen.get))
         self._nseen += 1
         seen[did] = self._nseen
-        server_now = self.cloud.server_now_ms()
         exp = d["expires_ms"]
+        if exp is not None:
+            self.cloud.published(exp - d["valid_for_seconds"] * 1000, now)
+        server_now = self.cloud.server_now_ms()
         if server_now is not None and exp is not None and server_now > exp:
             status, value = "stale", route.value()
         else:

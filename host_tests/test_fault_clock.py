@@ -136,7 +136,7 @@ def test_clock_skewed_a_day_at_boot(offset, seconds, clock_cloud, fw, tmp_path, 
     # trusting its own clock a day behind would apply it; one a day ahead would call a
     # fresh one stale.
     old = c.desired("relay", True, valid_for=1)
-    time.sleep(2.2)
+    time.sleep(3)
     clock = FakeClock(tmp_path, offset)
     f = _firmware(fw, c, tmp_path, monkeypatch, clock)
     # The retained command can come in before the "mqtt: connected" line (it follows the

@@ -9,7 +9,7 @@ import json
 
 from firmware import compat
 from firmware.cloud import realer
-from firmware.compat import ticks_add, ticks_ms
+from firmware.compat import ticks_add, ticks_diff, ticks_ms
 from firmware.gateway import Gateway
 from firmware.outbox import Outbox
 from firmware.routes import CommandRoute
@@ -50,9 +50,13 @@ class FakeCloud:
     def __init__(self, now=None):
         self.now = now
         self.catalog = None
+        self.heard = None
 
     def server_now_ms(self):
         return self.now
+
+    def published(self, ms, at):
+        self.heard = (ms, at)
 
 
 def _gateway(value_type="boolean", lo=None, hi=None, level=False, server_now=None, seq=None):
@@ -145,6 +149,18 @@ def test_before_expiry_by_server_time_is_applied():
     gw._on_desired(route, _desired(seq=2, value=True))
     assert relay.sets == [True]
     assert "report_status" not in _queued(gw)[0]
+
+
+def test_a_desired_message_tells_the_cloud_clock_when_it_was_published():
+    gw, route, relay = _gateway(server_now=EXP_MS - 1000)
+    before = ticks_ms()
+    gw._on_desired(route, _desired(seq=2, value=True, valid_for=30))
+    ms, at = gw.cloud.heard
+    assert ms == EXP_MS - 30000  # expires_at - valid_for_seconds
+    assert 0 <= ticks_diff(at, before) < 1000
+    gw.cloud.heard = None
+    gw._on_desired(route, _desired(seq=3, value=False, expires_at=None))  # nothing to learn
+    assert gw.cloud.heard is None
 
 
 def test_no_server_time_yet_and_fresh_is_applied():

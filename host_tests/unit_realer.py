@@ -449,6 +449,45 @@ def test_realer_scopes_include_desired_only_with_a_relay():
 def test_realer_server_now_none_before_any_date():
     r = realer.Realer(_Cfg({}), None)
     assert r.server_now_ms() is None
+    r.published(1795295316000, ticks_ms())  # no Date yet: nothing to check it against
+    assert r.server_now_ms() is None and r.floor is None
+
+
+T0 = 1795295316000  # a Date header's whole second, in ms
+
+
+def _dated(ago_ms=0):
+    r = realer.Realer(_Cfg({}), None)
+    r.server = (T0, ticks_add(ticks_ms(), -ago_ms))
+    return r
+
+
+def test_server_time_is_the_date_plus_time_since():
+    r = _dated(ago_ms=2000)
+    assert 0 <= r.server_now_ms() - (T0 + 2000) < 50
+
+
+def test_a_desired_publish_time_raises_the_bound_to_the_millisecond():
+    r = _dated()
+    now = ticks_ms()
+    r.published(T0 + 900, now)  # the Date said T0; the server was already at T0 + 0.9 s
+    assert 900 <= r.server_now_ms() - T0 < 950
+    r.published(T0 + 100, now)  # an older message (a retained one): no lower
+    assert 900 <= r.server_now_ms() - T0 < 950
+    r.published(T0 + 2500, now)  # within the Date's second plus transit and slack
+    assert 2500 <= r.server_now_ms() - T0 < 2550
+
+
+def test_a_publish_time_far_ahead_of_the_date_is_not_believed():
+    r = _dated()
+    r.published(T0 + 3001, ticks_ms())
+    assert r.floor is None
+    r.published(T0 + 86400000 * 365, ticks_ms())  # a year ahead: would make every command stale
+    assert 0 <= r.server_now_ms() - T0 < 50
+    # The limit moves with the Date bound: 3 s past it, measured at arrival.
+    r = _dated(ago_ms=10000)
+    r.published(T0 + 12900, ticks_ms())
+    assert r.floor is not None and 12900 <= r.server_now_ms() - T0 < 12950
 
 
 def test_realer_subscriptions_follow_desired_scope():

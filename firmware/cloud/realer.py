@@ -5,17 +5,23 @@ Two modules, for RAM: this one stays loaded (state, payloads, time checks);
 and is loaded with the HTTPS client only while it runs, then unloaded (done()).
 
 Clock rules: lifetimes (token, credential, renew_after) run on the monotonic
-clock from the moment each answer arrived. A desired message's window is
-judged on server time, estimated as the HTTP ``Date`` of the latest bootstrap
-answer plus monotonic time since, so a wrong device wall clock never decides.
+clock from the moment each answer arrived. A desired message's ``expires_at`` is
+judged on a lower bound of server time: the HTTP ``Date`` of the latest bootstrap
+answer (whole seconds) plus monotonic time since, raised to the publish time of a
+later desired message (``expires_at - valid_for_seconds``, in ms) when one comes.
+A message is stale only when that bound is past its ``expires_at``: a wrong device
+wall clock never decides, and a fresh command is never called stale by a coarse clock.
 """
 import json
 
-from firmware.compat import ticks_diff, ticks_ms, unload
+from firmware.compat import const, ticks_diff, ticks_ms, unload
 
 ALL_SCOPES = ("iot:catalog:read", "iot:mqtt:connect", "iot:mqtt:ack:read",
               "iot:mqtt:feed-data:write", "iot:mqtt:desired:read")
 _DESIRED = "iot:mqtt:desired:read"
+# How far a desired message's publish time may be ahead of the Date bound: the Date's
+# own second, transit, and slack. A later one is not believed (a cloud-side bug).
+_AHEAD_MS = const(3000)
 
 
 class CloudError(Exception):
@@ -61,7 +67,10 @@ class Realer:
         self.token_until = 0
         self.catalog = None
         self.cred = None
-        self.server = None  # (server ms since 1970, ticks_ms) from the latest Date header
+        # Lower bounds on server time, as (ms since 1970, ticks_ms): the latest Date header,
+        # and the publish time of a desired message since then (None before one).
+        self.server = None
+        self.floor = None
 
     # --- bootstrap: realer_boot does the work, loaded only for it -------------
     async def ensure_token(self):
@@ -92,14 +101,32 @@ class Realer:
         self.cred = None
 
     def server_now_ms(self):
-        """Server time in ms since 1970, or None before the first Date header.
+        """A lower bound on server time in ms since 1970, or None before the first Date.
 
         Integers only: the ESP32's single-precision floats cannot hold an epoch second.
         """
         if self.server is None:
             return None
+        now = ticks_ms()
         t, at = self.server
-        return t + ticks_diff(ticks_ms(), at)
+        t += ticks_diff(now, at)
+        if self.floor is not None:
+            f, at = self.floor
+            f += ticks_diff(now, at)
+            if f > t:
+                t = f
+        return t
+
+    def published(self, ms, at):
+        """A desired message published at server time `ms` arrived at `at` (ticks_ms)."""
+        if self.server is None:
+            return
+        t, a = self.server
+        if ms > t + ticks_diff(at, a) + _AHEAD_MS:
+            return
+        f = self.floor
+        if f is None or ms > f[0] + ticks_diff(at, f[1]):
+            self.floor = (ms, at)
 
     def subscriptions(self, command_routes):
         """(topic, qos) pairs: the ack topic, and desired topics only with the scope."""

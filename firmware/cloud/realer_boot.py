@@ -24,8 +24,10 @@ async def _call(r, stage, method, path, headers, body, ok):
     if date:
         t = http_date(date)
         if t:
-            # Date has whole seconds: the server's clock is somewhere in [t, t + 1).
-            r.server = (t * 1000 + 500, ticks_ms())
+            # Date has whole seconds: the server's clock was at least t when it answered.
+            # A new anchor forgets the message-based bound (a bad one lasts until here).
+            r.server = (t * 1000, ticks_ms())
+            r.floor = None
     if resp.status != ok:
         err = None
         try:

@@ -138,8 +138,8 @@ class MQTTClient:
         self.max_packet = max_packet
         # Every incoming packet is read into this one buffer and handed on as a memoryview:
         # a 4 KB packet then costs no 4 KB allocation (plus a payload copy), which a
-        # fragmented 64 KB heap cannot always find. Made at the first connect, after the
-        # bootstrap (the heap's peak) has let go of its memory, and kept.
+        # fragmented 64 KB heap cannot always find. reserve() makes it once (the gateway
+        # calls it at start, while the heap is whole); connect() makes it if nobody did.
         self._rbuf = None
         self.puback_timeout_ms = puback_timeout_ms
         self.name = name
@@ -155,11 +155,15 @@ class MQTTClient:
         self._subs = {}  # pid: [Event, granted codes or None]
         self._rx = self._tx = self._ping = 0
 
+    def reserve(self):
+        """Make the receive buffer (once); the caller picks the tidiest moment for it."""
+        if self._rbuf is None:
+            self._rbuf = memoryview(bytearray(self.max_packet))
+
     async def connect(self, reader, writer, client_id, username, password, timeout_ms=15000):
         if self._w is not None:
             self.close("reconnect")
-        if self._rbuf is None:
-            self._rbuf = memoryview(bytearray(self.max_packet))
+        self.reserve()
         self._w = writer
         self.reason = None
         self.down.clear()

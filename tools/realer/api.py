@@ -19,6 +19,7 @@ import os
 import secrets
 import time
 import urllib.parse
+from email.utils import formatdate
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -406,8 +407,30 @@ def build(cloud):
         Route("/admin/faults", admin_faults, methods=["POST", "DELETE"]),
         Route("/admin/broker/restart", admin_broker_restart, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method,
-                                                         500: server_error})
+    return _Dated(Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method,
+                                                                500: server_error}))
+
+
+class _Dated:
+    """Stamps each answer's `Date` as it is sent, as a real front end (nginx) does.
+
+    uvicorn's own Date (turned off in server.py) is refreshed once a second by its main
+    loop, so it can lag the clock by a second or more; the firmware reads Date as a lower
+    bound of server time (docs/realer-protocol.md, desired state, rule 2)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def stamped(message):
+            if message["type"] == "http.response.start":
+                message = dict(message, headers=list(message.get("headers", ())) +
+                               [(b"date", formatdate(usegmt=True).encode())])
+            await send(message)
+        await self.app(scope, receive, stamped)
 
 
 def acls_for(dev, scopes):

@@ -163,7 +163,8 @@ class Cloud:
             config = uvicorn.Config(
                 api.build(self), host=self.host, port=self.http_port, log_level="warning",
                 ssl_certfile=self.pki["cert"], ssl_keyfile=self.pki["key"], lifespan="off",
-                timeout_graceful_shutdown=1, access_log=False)
+                timeout_graceful_shutdown=1, access_log=False,
+                date_header=False)  # api._Dated stamps each answer instead
             server = _Server(config)
             # Extra addresses (another network namespace's way in): uvicorn binds one host
             # itself, so with more it is handed its sockets, bound here.
