@@ -105,17 +105,11 @@ class Realer:
 
         Integers only: the ESP32's single-precision floats cannot hold an epoch second.
         """
-        if self.server is None:
+        b = self.floor or self.server  # a floor is only kept above the Date bound
+        if b is None:
             return None
-        now = ticks_ms()
-        t, at = self.server
-        t += ticks_diff(now, at)
-        if self.floor is not None:
-            f, at = self.floor
-            f += ticks_diff(now, at)
-            if f > t:
-                t = f
-        return t
+        t, at = b
+        return t + ticks_diff(ticks_ms(), at)
 
     def published(self, ms, at):
         """A desired message published at server time `ms` arrived at `at` (ticks_ms)."""
@@ -124,8 +118,8 @@ class Realer:
         t, a = self.server
         if ms > t + ticks_diff(at, a) + _AHEAD_MS:
             return
-        f = self.floor
-        if f is None or ms > f[0] + ticks_diff(at, f[1]):
+        t, a = self.floor or self.server
+        if ms > t + ticks_diff(at, a):
             self.floor = (ms, at)
 
     def subscriptions(self, command_routes):
